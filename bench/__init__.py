@@ -1,0 +1,1 @@
+"""Measurement side of tlstm-bench: sweep configs, timing, worker processes, results, the CLI."""

@@ -1,0 +1,209 @@
+"""One registry of implementations: a name, what it supports, and a builder from a ModelConfig.
+
+Registering an implementation is the only step needed for it to appear in the CLI, the sweeps, the
+tests and the report. Third-party packages register through the entry-point group
+``tlstm_bench.implementations``: each entry point names a module (importing it registers) or a
+zero-argument function (calling it registers).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .config import FAMILIES, ConfigError, ModelConfig
+
+ENTRY_POINT_GROUP = "tlstm_bench.implementations"
+
+Builder = Callable[..., nn.Module]
+Availability = Callable[[torch.device], "str | None"]
+
+
+class UnknownImplementation(KeyError):
+    """Raised for a name that is not registered; the message lists the known names."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class ImplementationUnavailable(RuntimeError):
+    """The implementation cannot run here (no compiler, no GPU, ...); the message says why."""
+
+
+def _always_available(device: torch.device) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """A registered implementation.
+
+    Attributes:
+        name: registry name, e.g. "tlstm_naive".
+        family: "tlstm" or "lstm".
+        builder: ``builder(config, device=..., dtype=..., **options) -> nn.Module``.
+        devices: device types it runs on ("cpu", "cuda").
+        dtypes: dtypes it accepts.
+        description: one line for listings.
+        availability: ``availability(device) -> None`` if it can run on that device, else the reason.
+    """
+
+    name: str
+    family: str
+    builder: Builder
+    devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...]
+    description: str = ""
+    availability: Availability = field(default=_always_available)
+
+    def unavailable_reason(self, device: torch.device | str) -> str | None:
+        """None if this implementation can run on ``device``, else a sentence saying why not."""
+        device = torch.device(device)
+        if device.type not in self.devices:
+            return f"{self.name} runs on {list(self.devices)}, not on {device.type}"
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return "no CUDA GPU is available"
+        return self.availability(device)
+
+    def supports_dtype(self, dtype: torch.dtype) -> bool:
+        return dtype in self.dtypes
+
+
+_REGISTRY: dict[str, Implementation] = {}
+_plugins_loaded = False
+
+
+def register(
+    name: str,
+    *,
+    family: str,
+    devices: Iterable[str] = ("cpu", "cuda"),
+    dtypes: Iterable[torch.dtype] = (torch.float32, torch.float64),
+    description: str = "",
+    availability: Availability | None = None,
+) -> Callable[[Builder], Builder]:
+    """Decorator that registers ``builder`` under ``name``. A duplicate name is an error."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+
+    def decorator(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"implementation {name!r} is already registered")
+        _REGISTRY[name] = Implementation(
+            name=name,
+            family=family,
+            builder=builder,
+            devices=tuple(devices),
+            dtypes=tuple(dtypes),
+            description=description,
+            availability=availability or _always_available,
+        )
+        return builder
+
+    return decorator
+
+
+def unregister(name: str) -> None:
+    """Remove a registration (for tests that register fakes)."""
+    _REGISTRY.pop(name, None)
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = ep.load()
+            if callable(loaded):
+                loaded()
+        except Exception as exc:  # a broken plugin must not break the suite's own listing
+            warnings.warn(f"entry point {ep.name!r} ({ep.value}) failed to load: {exc!r}", stacklevel=2)
+
+
+def get(name: str) -> Implementation:
+    """The registered implementation called ``name``; an unknown name lists the known ones."""
+    _load_plugins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "(none)"
+        raise UnknownImplementation(f"unknown implementation {name!r}; registered: {known}") from None
+
+
+def list_implementations(pattern: str | Iterable[str] = "*", family: str | None = None) -> list[Implementation]:
+    """Registered implementations whose name matches a glob (or any of several), sorted by name."""
+    _load_plugins()
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    return [
+        impl
+        for name, impl in sorted(_REGISTRY.items())
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns) and (family is None or impl.family == family)
+    ]
+
+
+def names(pattern: str | Iterable[str] = "*", family: str | None = None) -> list[str]:
+    """Names of the registered implementations matching ``pattern``."""
+    return [impl.name for impl in list_implementations(pattern, family)]
+
+
+def create(
+    name: str,
+    *,
+    input_size: int,
+    channels: int,
+    tensor_size: int | None = None,
+    kernel_size: int = 3,
+    mem_conv: bool = True,
+    norm: str | None = None,
+    depth: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **options,
+) -> nn.Module:
+    """Build the implementation ``name`` for these sizes, on ``device`` in ``dtype``.
+
+    tLSTMs need ``tensor_size`` and derive their depth; stacked LSTMs take ``depth`` (or the depth a
+    tLSTM of ``tensor_size`` would have). Extra keyword ``options`` go to the builder (for example
+    ``backend="triton"`` for ``tlstm_fused``).
+    """
+    config = ModelConfig(
+        input_size=input_size,
+        channels=channels,
+        tensor_size=tensor_size,
+        kernel_size=kernel_size,
+        mem_conv=mem_conv,
+        norm=norm,
+        depth=depth,
+    )
+    return build(name, config, device=device, dtype=dtype, **options)
+
+
+def build(
+    name: str,
+    config: ModelConfig,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **options,
+) -> nn.Module:
+    """Like :func:`create`, from a ready ModelConfig."""
+    impl = get(name)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    dtype = dtype if dtype is not None else torch.get_default_dtype()
+    if impl.family == "tlstm" and config.tensor_size is None:
+        raise ConfigError(f"{name} is a tLSTM: tensor_size must be an integer >= 1, got None")
+    if not impl.supports_dtype(dtype):
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in impl.dtypes)
+        raise ConfigError(f"dtype {str(dtype).removeprefix('torch.')} is not supported by {name}; allowed: {allowed}")
+    reason = impl.unavailable_reason(device)
+    if reason is not None:
+        raise ImplementationUnavailable(f"{name} is unavailable: {reason}")
+    return impl.builder(config, device=device, dtype=dtype, **options)

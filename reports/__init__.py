@@ -1,0 +1,1 @@
+"""Turns results files into tables, plots and a self-contained HTML report."""

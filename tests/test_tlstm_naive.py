@@ -1,0 +1,149 @@
+"""The reference tLSTM against the model statement: an independent re-implementation, gradcheck,
+causality and delay, and the parameter count."""
+
+import itertools
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from implementations import ModelConfig, create, tlstm_param_count
+from implementations.tlstm_naive import TLSTMNaive
+
+from .spec_reference import spec_tlstm
+
+
+def _randomize(model: torch.nn.Module, gen: torch.Generator) -> None:
+    """Random weights everywhere (CN scales and shifts too, so they are really exercised)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.5)
+
+
+@pytest.mark.parametrize("kernel_size, tensor_size", list(itertools.product([2, 3, 5], [1, 2, 5])))
+@pytest.mark.parametrize("mem_conv, norm", [(True, None), (False, None), (True, "cn")])
+def test_matches_independent_reimplementation(kernel_size, tensor_size, mem_conv, norm, rng_seed):
+    gen = torch.Generator().manual_seed(rng_seed)
+    model = create(
+        "tlstm_naive", input_size=3, channels=4, tensor_size=tensor_size, kernel_size=kernel_size,
+        mem_conv=mem_conv, norm=norm, dtype=torch.float64,
+    )
+    _randomize(model, gen)
+    x = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64)
+    y, (h, c) = model(x)
+    y_ref, h_ref, c_ref = spec_tlstm(x, dict(model.named_parameters()), tensor_size, kernel_size, mem_conv, norm)
+    assert y.shape == (2, 5, 4) and h.shape == c.shape == (2, tensor_size, 4)
+    for got, want in ((y, y_ref), (h, h_ref), (c, c_ref)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_hand_unrolled_single_location():
+    """P=1, K=2, no mem-conv: one ordinary LSTM cell whose recurrent weight is tap 1, no delay."""
+    gen = torch.Generator().manual_seed(0)
+    model = create("tlstm_naive", input_size=2, channels=3, tensor_size=1, kernel_size=2, mem_conv=False,
+                   dtype=torch.float64)
+    _randomize(model, gen)
+    x = torch.randn(1, 4, 2, generator=gen, dtype=torch.float64)
+    wx, bx, wh, bh = model.weight_x, model.bias_x, model.weight_h, model.bias_h
+    h = c = torch.zeros(1, 3, dtype=torch.float64)
+    ys = []
+    for t in range(4):
+        a = (x[:, t] @ wx + bx) @ wh[0] + h @ wh[1] + bh
+        g, i, f, o = a.split(3, dim=-1)
+        c = torch.tanh(g) * torch.sigmoid(i) + c * torch.sigmoid(f)
+        h = torch.tanh(c) * torch.sigmoid(o)
+        ys.append(h)
+    y, _ = model(x)
+    torch.testing.assert_close(y, torch.stack(ys, 1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3, 4, 5])
+@pytest.mark.parametrize("mem_conv", [True, False])
+@pytest.mark.parametrize("norm", [None, "cn"])
+def test_gradcheck_float64(kernel_size, mem_conv, norm, rng_seed):
+    gen = torch.Generator().manual_seed(rng_seed)
+    tensor_size = 4 if kernel_size >= 4 else 3
+    model = create("tlstm_naive", input_size=2, channels=2, tensor_size=tensor_size, kernel_size=kernel_size,
+                   mem_conv=mem_conv, norm=norm, dtype=torch.float64)
+    _randomize(model, gen)
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in model.parameters())
+    x = torch.randn(2, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, tensor_size, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, tensor_size, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def run(x, h0, c0, *params):
+        y, (h, c) = functional_call(model, dict(zip(names, params)), (x, (h0, c0)))
+        return y, h, c
+
+    assert torch.autograd.gradcheck(run, (x, h0, c0, *params), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("tensor_size, kernel_size", [(1, 3), (3, 2), (4, 3), (5, 4), (6, 5), (7, 3)])
+def test_causality_and_delay(tensor_size, kernel_size, rng_seed):
+    """y[:, t] depends on x[:, :t+1] only, and really on x[:, t] (the output is delayed, not lost)."""
+    gen = torch.Generator().manual_seed(rng_seed)
+    model = create("tlstm_naive", input_size=3, channels=4, tensor_size=tensor_size, kernel_size=kernel_size,
+                   dtype=torch.float64)
+    _randomize(model, gen)
+    seq_len = 6
+    x = torch.randn(1, seq_len, 3, generator=gen, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda inp: model(inp)[0], x)  # [1, T, M, 1, T, R]
+    dep = jac[0, :, :, 0].abs().sum(dim=(1, 3))  # [T_out, T_in]
+    for t in range(seq_len):
+        assert torch.all(dep[t, t + 1 :] == 0), f"y[:, {t}] depends on a later input"
+        assert dep[t, t] > 1e-8, f"y[:, {t}] does not depend on x[:, {t}]"
+
+
+def test_delay_equals_depth_minus_one():
+    """The first L-1 steps' last location has not seen x[:, 0]: the output starts L-1 steps late."""
+    model = create("tlstm_naive", input_size=3, channels=4, tensor_size=6, kernel_size=4, dtype=torch.float64)
+    assert model.depth == 3
+    x = torch.randn(1, 1, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.zeros(1, 6, 4, dtype=torch.float64)
+    c = torch.zeros_like(h)
+    z = x[:, 0] @ model.weight_x + model.bias_x
+    for step in range(model.depth):
+        h, c = model.step(z, h, c)
+        grad = torch.autograd.grad(h[:, -1].sum(), x, retain_graph=True, allow_unused=True)[0]
+        reached = grad is not None and grad.abs().sum() > 0
+        assert reached == (step == model.depth - 1)
+        z = model.bias_x.expand(1, 4)
+
+
+@pytest.mark.parametrize("kernel_size, mem_conv, norm", [(3, True, None), (2, False, None), (5, True, "cn")])
+def test_parameter_count_formula_and_independent_of_tensor_size(kernel_size, mem_conv, norm):
+    counts = set()
+    for tensor_size in range(1, 17):
+        model = TLSTMNaive(32, 64, tensor_size, kernel_size, mem_conv, norm)
+        n = sum(p.numel() for p in model.parameters())
+        assert n == tlstm_param_count(ModelConfig(32, 64, tensor_size, kernel_size, mem_conv, norm))
+        counts.add(n)
+    assert len(counts) == 1
+    m, g = 64, 4 * 64 + (kernel_size if mem_conv else 0)
+    assert counts == {32 * m + m + kernel_size * m * g + g + (10 * m if norm else 0)}
+
+
+def test_parameter_names_and_shapes():
+    model = create("tlstm_naive", input_size=5, channels=6, tensor_size=3, kernel_size=4, norm="cn")
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert shapes == {
+        "weight_x": (5, 6), "bias_x": (6,), "weight_h": (4, 6, 28), "bias_h": (28,),
+        "cn_a_weight": (24,), "cn_a_bias": (24,), "cn_c_weight": (6,), "cn_c_bias": (6,),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_runs_close_to_float32(dtype):
+    model = create("tlstm_naive", input_size=4, channels=8, tensor_size=3)
+    x = torch.randn(2, 5, 4)
+    y32, _ = model(x)
+    y_low, _ = model.to(dtype)(x.to(dtype))
+    assert y_low.dtype == dtype
+    torch.testing.assert_close(y_low.float(), y32, rtol=5e-2, atol=5e-2)
+
+
+def test_bad_input_shape_names_expected_shape():
+    model = create("tlstm_naive", input_size=4, channels=8, tensor_size=3)
+    with pytest.raises(ValueError, match=r"x must have shape \[B, T, 4\]"):
+        model(torch.randn(2, 5, 3))
