@@ -24,7 +24,7 @@ from .registry import (
 )
 
 # Importing a module registers what it defines. Add new built-in implementations here.
-from . import lstm_cudnn, tlstm_naive  # noqa: E402,F401  isort: skip
+from . import lstm_cudnn, tlstm_compiled, tlstm_fused, tlstm_naive  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ENTRY_POINT_GROUP",
