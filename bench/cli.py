@@ -1,31 +1,264 @@
-"""The ``tlstm-bench`` command line."""
+"""The ``tlstm-bench`` command line: ``run`` a sweep, ``list`` what can run, build a ``report``.
+
+    tlstm-bench run [SWEEP] [--out DIR] [--resume] [--set AXIS=VALUES]... [--no-report]
+    tlstm-bench list
+    tlstm-bench report RESULTS [--out FILE] [--pytest-benchmark FILE.json]
+
+Input errors (bad sweep files, unknown axes or implementations, impossible values) are reported
+before anything runs, naming the file, the field and the allowed values, with exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
+import time
+from pathlib import Path
 
 import implementations
 
+from .sweep import SweepError, load_sweep, shipped_sweeps
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_SWEEP = "quick"
+RESULTS_ROOT = Path("results")
+
+
+class UsageError(Exception):
+    """A command-line mistake: printed with exit code 2."""
+
+
+def _error(message: str) -> None:
+    print(f"tlstm-bench: error: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------
+# list
+
+
+def _availability(impl: implementations.Implementation, device: str) -> str:
+    try:
+        reason = impl.unavailable_reason(device)
+    except Exception as exc:  # a broken availability check must not break the listing
+        reason = f"availability check failed: {exc!r}"
+    return "yes" if reason is None else f"no ({reason})"
+
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    print("implementations:")
     for impl in implementations.list_implementations():
-        devices = ",".join(impl.devices)
-        print(f"{impl.name:<16} {impl.family:<6} [{devices}]  {impl.description}")
-    return 0
+        dtypes = ",".join(str(d).removeprefix("torch.") for d in impl.dtypes)
+        where = "; ".join(f"{d}: {_availability(impl, d)}" for d in impl.devices)
+        print(f"  {impl.name:<16} {impl.family:<6} {where}  [{dtypes}]  {impl.description}")
+    print("sweeps:")
+    for name, path in shipped_sweeps().items():
+        try:
+            sweep = load_sweep(str(path))
+            line = f"{len(sweep.points())} points  {sweep.description}"
+        except SweepError as exc:
+            line = f"INVALID: {exc}"
+        print(f"  {name:<16} {line}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------
+# run
+
+
+def _latest_results(sweep_name: str) -> Path:
+    candidates = sorted(p.parent for p in RESULTS_ROOT.glob(f"{sweep_name}-*/results.jsonl"))
+    if not candidates:
+        raise UsageError(f"--resume: no earlier results for sweep {sweep_name!r} under {RESULTS_ROOT}/; "
+                         "give the directory with --out DIR")
+    return candidates[-1]
+
+
+def _out_dir(args: argparse.Namespace, sweep_name: str) -> Path:
+    if args.out is not None:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out}: exists and is not a directory")
+        if args.resume and not (out / "results.jsonl").exists():
+            raise UsageError(f"--out {out}: --resume needs an earlier run's results.jsonl there, found none")
+        if not args.resume and (out / "results.jsonl").exists():
+            raise UsageError(f"--out {out}: already holds results.jsonl; add --resume to continue that run, "
+                             "or choose another directory")
+        return out
+    if args.resume:
+        return _latest_results(sweep_name)
+    return RESULTS_ROOT / f"{sweep_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _write_sweep_json(out: Path, sweep, argv: list[str], resume: bool) -> None:
+    path = out / "sweep.json"
+    command = "tlstm-bench " + shlex.join(argv)
+    if resume and path.exists():
+        data = json.loads(path.read_text())
+        data.setdefault("resumed_with", []).append(command)
+    else:
+        data = {**sweep.as_dict(), "command": command}
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def summary_table(df) -> str:
+    """Median time per step (over the other axes) by implementation and mode, one column per size."""
+    ok = df[df["status"] == "ok"]
+    if ok.empty:
+        return "(no ok points to tabulate)"
+    axis = "tensor_size" if ok["tensor_size"].notna().all() else "depth"
+    label = "P" if axis == "tensor_size" else "L"
+    table = ok.pivot_table(index=["impl", "mode"], columns=axis, values="time_per_step_s", aggfunc="median")
+    header = f"{'median time per step':<30}" + "".join(f"{label}={int(c):<9}" for c in table.columns)
+    lines = [header]
+    for (impl, mode), row in table.iterrows():
+        cells = "".join(f"{_fmt_time(v):<11}" for v in row)
+        lines.append(f"{impl + ' ' + mode:<30}{cells}")
+    return "\n".join(lines)
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds != seconds:  # NaN: no ok point in this cell
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f}us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f}ms"
+    return f"{seconds:.2f}s"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from . import results
+    from .runner import Runner, progress_printer
+
+    try:
+        sweep = load_sweep(args.sweep, args.set)
+        points = sweep.points()
+        out = _out_dir(args, sweep.name)
+    except (SweepError, UsageError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    out.mkdir(parents=True, exist_ok=True)
+    _write_sweep_json(out, sweep, args.argv, args.resume)
+    print(f"sweep {sweep.name}: {len(points)} points -> {out}", file=sys.stderr)
+    runner = Runner(sweep, out)
+    try:
+        summary = runner.run(points, resume=args.resume, progress=None if args.quiet else progress_printer())
+    except KeyboardInterrupt:
+        again = list(args.argv) + ([] if args.out else ["--out", str(out)]) + ([] if args.resume else ["--resume"])
+        _error(f"interrupted; finished points are in {out / 'results.jsonl'}; continue with "
+               f"tlstm-bench {shlex.join(again)}")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the worker cannot start, say: results so far are kept
+        _error(f"the run stopped: {exc}; finished points are in {out / 'results.jsonl'}")
+        return EXIT_FAILED
+    df = results.load(out)
+    counts = ", ".join(f"{s} {n}" for s, n in df["status"].value_counts().items())
+    print(f"\n{len(df)} points ({counts}); {summary.skipped} already done, {summary.total - summary.skipped} run "
+          f"in {summary.wall_s:.1f} s")
+    print(summary_table(df))
+    print(f"results: {out / 'results.jsonl'}")
+    if args.no_report:
+        return EXIT_OK
+    return _build_report(df, out / "report.html")
+
+
+# ---------------------------------------------------------------------------------------------------
+# report
+
+
+def _build_report(df, out_file: Path) -> int:
+    try:
+        import reports
+
+        path = reports.build_report(df, out_file)
+    except Exception as exc:
+        _error(f"the report was not built ({type(exc).__name__}: {exc}); the results are kept")
+        return EXIT_FAILED
+    print(f"report: {path}")
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from . import results
+
+    frames = []
+    try:
+        if args.results is not None:
+            frames.append(results.load(args.results))
+        if args.pytest_benchmark is not None:
+            from . import pbjson
+
+            frames.append(pbjson.load(args.pytest_benchmark))
+    except (FileNotFoundError, ValueError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    if not frames:
+        _error("report: give RESULTS (a results directory or .jsonl file) and/or --pytest-benchmark FILE.json")
+        return EXIT_USAGE
+    if len(frames) == 1:
+        df = frames[0]
+    else:
+        import pandas as pd
+
+        attrs = {**frames[1].attrs, **frames[0].attrs}
+        df = pd.concat(frames, ignore_index=True)
+        df.attrs.update(attrs)
+    if args.out is not None:
+        out_file = Path(args.out)
+    elif args.results is not None:
+        base = Path(args.results)
+        out_file = (base if base.is_dir() else base.parent) / "report.html"
+    else:
+        out_file = Path(args.pytest_benchmark).with_suffix(".html")
+    return _build_report(df, out_file)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: same prefix, exit code 2
+        self.print_usage(sys.stderr)
+        _error(message)
+        raise SystemExit(EXIT_USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tlstm-bench", description="Benchmark Tensorized LSTMs against stacked LSTMs.")
-    sub = parser.add_subparsers(dest="command")
-    p_list = sub.add_parser("list", help="list the registered implementations")
+    parser = _Parser(prog="tlstm-bench", description="Benchmark Tensorized LSTMs against stacked LSTMs.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    p_run = sub.add_parser("run", help="run a sweep and write results (and the report)")
+    p_run.add_argument("sweep", nargs="?", default=DEFAULT_SWEEP,
+                       help=f"a shipped sweep ({', '.join(shipped_sweeps())}) or a path to a .toml file "
+                            f"(default {DEFAULT_SWEEP})")
+    p_run.add_argument("--out", help="output directory (default results/<sweep>-<timestamp>/)")
+    p_run.add_argument("--resume", action="store_true",
+                       help="skip points already in DIR/results.jsonl (DIR: --out, else the latest run of the sweep)")
+    p_run.add_argument("--set", action="append", default=[], metavar="AXIS=VALUES",
+                       help="override an axis or setting, e.g. --set batch=[1,16] --set dtype=bfloat16 (repeatable)")
+    p_run.add_argument("--no-report", action="store_true", help="do not build the HTML report at the end")
+    p_run.add_argument("--quiet", action="store_true", help="no progress line")
+    p_run.set_defaults(func=_cmd_run)
+
+    p_list = sub.add_parser("list", help="list the registered implementations and the shipped sweeps")
     p_list.set_defaults(func=_cmd_list)
+
+    p_report = sub.add_parser("report", help="build the HTML report from a results file")
+    p_report.add_argument("results", nargs="?", help="a results directory or results.jsonl")
+    p_report.add_argument("--out", help="the HTML file to write (default: report.html beside the results)")
+    p_report.add_argument("--pytest-benchmark", metavar="FILE.json",
+                          help="also include a pytest-benchmark JSON file (bench.pbjson.load)")
+    p_report.set_defaults(func=_cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     if not hasattr(args, "func"):
         return _cmd_list(args)
     return args.func(args)

@@ -1,0 +1,274 @@
+"""Runs a sweep's points in a persistent worker process and appends one result line per point.
+
+The worker (``bench.worker``) imports torch once and measures points one after another. The runner
+waits for each reply with the point's timeout and turns what the worker cannot report into a row:
+
+- no reply in time: the worker is killed and replaced -> ``timeout``;
+- the worker died (segfault, abort, killed by the OOM killer) -> ``crashed`` with the signal;
+- out of memory, unavailable, wrong results, exceptions come back from the worker as statuses.
+
+Every finished point is appended to ``results.jsonl`` before the next starts, so a run killed at any
+moment loses at most the point in flight; ``resume=True`` skips the points already in the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from . import results
+from .sweep import Sweep, describe_point, point_key
+
+WORKER_STARTUP_TIMEOUT_S = 180.0
+ENV_TIMEOUT_S = 300.0
+LOG_TAIL_LINES = 4
+
+
+class WorkerGone(RuntimeError):
+    """The worker exited; ``returncode`` says how."""
+
+    def __init__(self, returncode: int | None) -> None:
+        self.returncode = returncode
+        super().__init__(f"worker exited ({describe_exit(returncode)})")
+
+
+class WorkerTimeout(RuntimeError):
+    """No reply from the worker in time."""
+
+
+def describe_exit(returncode: int | None) -> str:
+    """"signal SIGABRT (exit code -6)" for a worker killed by a signal, "exit code 1" otherwise."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"signal {name} (exit code {returncode})"
+    return f"exit code {returncode}"
+
+
+class Worker:
+    """One ``python -m bench.worker`` process and its JSON-lines pipes."""
+
+    def __init__(self, plugins: list[str], base_dir: str | None, log_path: Path, threads: int = 0) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.worker", json.dumps(plugins), base_dir or "", str(threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            # its own session: Ctrl-C reaches the runner, which stops the worker itself, so an interrupt
+            # is not mistaken for a crash of the point in flight
+            start_new_session=True,
+        )
+        self._buffer = b""
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.proc.stdout, selectors.EVENT_READ)
+        ready = self.receive(WORKER_STARTUP_TIMEOUT_S)
+        if ready.get("op") != "ready":
+            raise RuntimeError(f"worker sent {ready!r} instead of ready")
+
+    def send(self, message: dict[str, Any]) -> None:
+        try:
+            self.proc.stdin.write((json.dumps(message) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise WorkerGone(self.proc.wait()) from None
+
+    def receive(self, timeout_s: float) -> dict[str, Any]:
+        """The next reply line; WorkerTimeout after ``timeout_s``, WorkerGone if the worker exits."""
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WorkerTimeout(f"no reply within {timeout_s:g} s")
+            if not self._selector.select(remaining):
+                continue
+            chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+            if not chunk:  # EOF: the worker is gone, maybe mid-line
+                try:
+                    code = self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.kill()
+                    code = self.proc.returncode
+                raise WorkerGone(code)
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        self.send(message)
+        return self.receive(timeout_s)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.send({"op": "exit"})
+                self.proc.wait(timeout=2)  # an idle worker exits at once; a busy one (Ctrl-C) is killed
+        except (WorkerGone, subprocess.TimeoutExpired):
+            pass
+        self.kill()
+        self._selector.close()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        self._log.close()
+
+    def log_tail(self) -> str:
+        """The last lines the worker wrote to stderr (a crash's 'Fatal Python error' and the like)."""
+        try:
+            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        tail = [ln for ln in lines[-LOG_TAIL_LINES:] if not ln.startswith("--- point")]
+        return " | ".join(tail)
+
+
+@dataclass
+class RunSummary:
+    """What happened in a run: counts per status and where the results are."""
+
+    out_dir: Path
+    total: int
+    skipped: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+ProgressFn = Callable[[int, int, dict[str, Any], str | None, float], None]
+
+
+class Runner:
+    """Runs points of a sweep through a (replaceable) worker, writing results as it goes."""
+
+    def __init__(self, sweep: Sweep, out_dir: Path) -> None:
+        self.sweep = sweep
+        self.out_dir = out_dir
+        self.worker: Worker | None = None
+        self.env: dict[str, Any] | None = None
+
+    def _worker(self) -> Worker:
+        if self.worker is None or self.worker.proc.poll() is not None:
+            self.worker = Worker(self.sweep.plugins, self.sweep.base_dir, self.out_dir / "worker.log",
+                                 self.sweep.budget["threads"])
+        return self.worker
+
+    def _drop_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.kill()
+            self.worker.close()
+            self.worker = None
+
+    def environment(self, points: list[dict[str, Any]]) -> dict[str, Any]:
+        """Measured once per run, in a worker, on the devices and dtypes the points use."""
+        if self.env is None:
+            devices = sorted({p["device"] for p in points})
+            dtypes = sorted({p["dtype"] for p in points})
+            self.env = self._worker().request({"op": "env", "devices": devices, "dtypes": dtypes}, ENV_TIMEOUT_S)["env"]
+        return self.env
+
+    def run_point(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The worker's reply for one point, or a ``timeout`` / ``crashed`` row when it has none."""
+        timeout_s = self.sweep.budget["timeout_s"]
+        worker = self._worker()
+        try:
+            request = {"op": "point", "config": config, "energy": self.sweep.budget["energy"],
+                       "min_time_s": self.sweep.budget["min_time_s"]}
+            return worker.request(request, timeout_s)
+        except WorkerTimeout:
+            self._drop_worker()
+            return {"status": "timeout", "message": f"no result within timeout_s = {timeout_s:g} s; "
+                    "the worker was killed and replaced", "samples_s": [], "metrics": {}}
+        except WorkerGone as gone:
+            tail = worker.log_tail()
+            self._drop_worker()
+            message = f"the worker died with {describe_exit(gone.returncode)} during this point"
+            if gone.returncode == -signal.SIGKILL:
+                message += " (SIGKILL from outside: often the kernel's out-of-memory killer)"
+            return {"status": "crashed", "message": message + (f"; its last output: {tail}" if tail else ""),
+                    "samples_s": [], "metrics": {}}
+
+    def run(self, points: list[dict[str, Any]], *, resume: bool, progress: ProgressFn | None = None) -> RunSummary:
+        """Measure every point not yet in the results file; append each result as it comes."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / results.RESULTS_FILE
+        done = {record["key"] for record in results.repair(path)} if resume else set()
+        todo = [(i, p) for i, p in enumerate(points) if point_key(p) not in done]
+        summary = RunSummary(self.out_dir, total=len(points), skipped=len(points) - len(todo))
+        started = time.monotonic()
+        try:
+            if todo:
+                env = self.environment([p for _, p in todo])
+            for n, (index, config) in enumerate(todo):
+                if progress:
+                    progress(n, len(todo), config, None, time.monotonic() - started)
+                started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                reply = self.run_point(config)
+                record = {
+                    "key": point_key(config),
+                    "sweep": self.sweep.name,
+                    "index": index,
+                    "config": config,
+                    "status": reply["status"],
+                    "message": reply.get("message", ""),
+                    "samples_s": reply.get("samples_s", []),
+                    "metrics": reply.get("metrics", {}),
+                    "env": env,
+                    "started_at": started_at,
+                }
+                results.append(path, record)
+                summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
+                if progress:
+                    progress(n + 1, len(todo), config, record["status"], time.monotonic() - started)
+        finally:
+            if self.worker is not None:
+                self.worker.close()
+                self.worker = None
+            summary.wall_s = time.monotonic() - started
+        return summary
+
+
+def progress_printer(stream=None) -> ProgressFn:
+    """A plain-text progress line on stderr: count, percentage, the point, elapsed time and ETA."""
+    stream = stream or sys.stderr
+    tty = stream.isatty()
+
+    def fmt(seconds: float) -> str:
+        seconds = int(seconds)
+        return f"{seconds // 60}:{seconds % 60:02d}"
+
+    def show(done: int, total: int, config: dict[str, Any], status: str | None, elapsed: float) -> None:
+        eta = fmt(elapsed / done * (total - done)) if done else "?"
+        width = len(str(total))
+        if status is None:
+            line = f"[{done + 1:>{width}}/{total}] {100 * done // total:3d}%  {describe_point(config)}  " \
+                   f"elapsed {fmt(elapsed)}  ETA {eta}"
+        else:
+            line = f"[{done:>{width}}/{total}] {100 * done // total:3d}%  {describe_point(config)}  -> {status}  " \
+                   f"elapsed {fmt(elapsed)}  ETA {eta}"
+        if tty:
+            stream.write("\r\033[K" + line + ("\n" if status is not None and status != "ok" else ""))
+        elif status is not None:
+            stream.write(line + "\n")
+        stream.flush()
+
+    return show

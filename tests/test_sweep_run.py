@@ -1,0 +1,179 @@
+"""Sweeps you can trust: faults become rows and the sweep goes on; kill -9 and --resume lose nothing.
+
+The fake implementations live in ``tests/fake_impls.py`` and are loaded as a sweep plugin, so the
+worker processes register them too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import implementations
+from bench import cli, results
+from bench.sweep import point_key
+
+REPO = Path(__file__).resolve().parent.parent
+FAKES = Path(__file__).resolve().parent / "fake_impls.py"
+
+
+def _write_sweep(path: Path, impls: list[str], tensor_sizes: list[int], timeout_s: float = 60.0) -> Path:
+    path.write_text(
+        f"""
+implementations = {json.dumps(impls)}
+plugins = [{json.dumps(str(FAKES))}]
+seed = 3
+[budget]
+repeats = 2
+warmup = 0
+timeout_s = {timeout_s}
+energy = false
+threads = 1
+[axes]
+tensor_size = {tensor_sizes}
+seq_len = [4]
+batch = [2]
+channels = [4]
+input_size = [3]
+mode = ["training"]
+device = ["cpu"]
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def fakes_cleanup():
+    """The plugin registers fakes in this process too (the CLI validates names): remove them after."""
+    yield
+    for name in implementations.names("fake_*"):
+        implementations.unregister(name)
+    for module in [m for m in sys.modules if m.startswith("tlstm_plugin_")]:
+        del sys.modules[module]
+
+
+def test_faults_become_rows_and_the_sweep_goes_on(tmp_path, fakes_cleanup, capsys):
+    impls = ["fake_ok", "fake_oom", "fake_abort", "fake_hang", "fake_wrong", "fake_error", "fake_unavailable",
+             "lstm_cudnn"]
+    sweep = _write_sweep(tmp_path / "faults.toml", impls, [2], timeout_s=5.0)
+    out = tmp_path / "out"
+    code = cli.main(["run", str(sweep), "--out", str(out), "--no-report", "--quiet"])
+    assert code == 0
+    df = results.load(out)
+    status = dict(zip(df["impl"], df["status"]))
+    assert status == {
+        "fake_ok": "ok",
+        "fake_oom": "oom",
+        "fake_abort": "crashed",
+        "fake_hang": "timeout",
+        "fake_wrong": "incorrect",
+        "fake_error": "error",
+        "fake_unavailable": "unavailable",
+        "lstm_cudnn": "ok",
+    }
+    message = dict(zip(df["impl"], df["message"]))
+    assert "SIGABRT" in message["fake_abort"]
+    assert "timeout_s = 5" in message["fake_hang"]
+    assert "out of memory" in message["fake_oom"]
+    assert "needs hardware this machine lacks" in message["fake_unavailable"]
+    assert "ValueError" in message["fake_error"] and "rejected its arguments" in message["fake_error"]
+    assert "tolerance" in message["fake_wrong"]
+    # an incorrect point is not timed; an ok one has its samples and metrics
+    wrong = df[df["impl"] == "fake_wrong"].iloc[0]
+    assert wrong["samples_s"] == [] and wrong["max_abs_err"] > 0.05
+    ok = df[df["impl"] == "fake_ok"].iloc[0]
+    assert len(ok["samples_s"]) == 2 and ok["time_median_s"] > 0 and ok["max_abs_err"] < 1e-5
+    assert ok["saved_bytes"] > 0 and ok["params"] == implementations.tlstm_param_count(
+        implementations.ModelConfig(3, 4, 2))
+    # the points after the crash and the hang were measured by a fresh worker
+    assert df["index"].tolist() == list(range(len(impls)))
+    assert set(df.columns) >= set(results.CONFIG_FIELDS) | set(results.METRIC_FIELDS) | {"samples_s", "key"}
+    assert df.attrs["env"]["threads"] == 1 and df.attrs["sweep"]["plugins"] == [str(FAKES)]
+    captured = capsys.readouterr()
+    assert "results:" in captured.out and "crashed 1" in captured.out
+
+
+def _keys(path: Path) -> list[str]:
+    return [json.loads(line)["key"] for line in path.read_text().splitlines()]
+
+
+def test_sigkill_halfway_then_resume_has_every_point_once(tmp_path):
+    sweep = _write_sweep(tmp_path / "slow.toml", ["fake_slow"], [1, 2, 3, 4, 5, 6, 7, 8])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "bench.cli", "run", str(sweep), "--out", str(out), "--no-report", "--quiet"]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    path = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and len(path.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = _keys(path)
+    assert 3 <= len(done_before) < 8
+    with open(path, "a") as f:  # what a kill in the middle of a write leaves behind
+        f.write('{"key": "torn-line", "sweep": "slow", "sta')
+    assert len(results.read_records(path)) == len(done_before)  # readers ignore a torn last line
+
+    resumed = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    keys = _keys(path)  # every line parses: the torn one was cut off, not left in the middle
+    assert len(keys) == len(set(keys)) == 8
+    assert keys[: len(done_before)] == done_before
+    df = results.load(out)
+    assert sorted(df["index"]) == list(range(8)) and (df["status"] == "ok").all()
+    assert sorted(df["tensor_size"]) == list(range(1, 9))
+    assert f"{len(done_before)} already done" in resumed.stdout
+    sweep_json = json.loads((out / "sweep.json").read_text())
+    assert sweep_json["command"].startswith("tlstm-bench run") and "--resume" in sweep_json["resumed_with"][0]
+
+
+def test_load_repairs_and_keys(tmp_path):
+    path = tmp_path / "results.jsonl"
+    config = {"impl": "x", "family": "tlstm", "tensor_size": 2, "depth": 2}
+    record = {"key": point_key(config), "sweep": "s", "index": 0, "config": config, "status": "ok",
+              "message": "", "samples_s": [0.1, 0.2], "metrics": {"time_median_s": 0.15}, "env": {"torch": "t"}}
+    results.append(path, record)
+    results.append(path, {**record, "index": 1, "key": "other", "status": "timeout", "metrics": {}})
+    with open(path, "a") as f:
+        f.write('{"key": "half')
+    df = results.load(path)
+    assert len(df) == 2 and df.attrs["env"] == {"torch": "t"} and df.attrs["sweep"] == {}
+    assert df.loc[0, "samples_s"] == [0.1, 0.2] and pd.isna(df.loc[1, "time_median_s"])
+    assert pd.isna(df.loc[1, "gflops"]) and df.loc[0, "tensor_size"] == 2
+    kept = results.repair(path)
+    assert len(kept) == 2 and path.read_text().endswith("}\n")
+    # the key is a function of the configuration only, order-independent
+    assert point_key(config) == point_key(dict(reversed(list(config.items()))))
+    assert point_key(config) != point_key({**config, "depth": 3})
+
+
+def test_ctrl_c_stops_worker_and_says_how_to_resume(tmp_path):
+    sweep = _write_sweep(tmp_path / "slow.toml", ["fake_slow"], [1, 2, 3, 4, 5, 6, 7, 8])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "bench.cli", "run", str(sweep), "--out", str(out), "--no-report", "--quiet",
+               "--set", "repeats=3"]
+    # a shell starts background jobs with SIGINT ignored; a user's Ctrl-C is not
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    path = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and path.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    err = proc.stderr.read()
+    assert "interrupted" in err and "--resume" in err and "--set repeats=3" in err and str(out) in err
+    assert 1 <= len(results.read_records(path)) < 8
