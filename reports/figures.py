@@ -1,0 +1,541 @@
+"""The report's figures: one matplotlib figure per question, drawn only from ``status == "ok"`` points.
+
+Every builder returns a ``Figure`` holding PNG bytes, or, when the results lack the data for it, no
+PNG and a line saying which sweep produces the data; a figure is never drawn empty. Lines are one per
+implementation (and variant, when an implementation ran several); each line is the median over the
+points at that x, with a band from the first to the third quartile of the timed samples.
+
+Where the results vary more sizes than a figure has axes, one slice is plotted: the combination of the
+other sizes that gives the most lines the most x values. The caption names the sizes held fixed.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display, and the same output on every machine
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .data import line_labels, ok_rows  # noqa: E402
+
+DPI = 110
+
+
+@dataclass
+class Figure:
+    """One figure of the report: PNG bytes when drawn, else ``missing`` says how to get its data."""
+
+    slug: str
+    title: str
+    caption: str
+    png: bytes | None = None
+    missing: str | None = None
+
+
+@dataclass
+class _Series:
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    lo: np.ndarray | None
+    hi: np.ndarray | None
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+_LINESTYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def _styles(labels: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """A fixed colour, dash and marker per line label, so an implementation looks the same in every
+    figure and two lines that coincide (equal parameter counts) both stay visible."""
+    cmap = plt.get_cmap("tab10")
+    return {label: {"color": cmap(i % 10), "linestyle": _LINESTYLES[i % len(_LINESTYLES)],
+                    "marker": _MARKERS[i % len(_MARKERS)]}
+            for i, label in enumerate(sorted(set(labels)))}
+
+
+def _spans_decades(values: Iterable[float], ratio: float = 8.0) -> bool:
+    v = np.asarray([x for x in values if np.isfinite(x) and x > 0], dtype=float)
+    return v.size > 1 and v.max() / v.min() >= ratio
+
+
+def _time_unit(values: Iterable[float]) -> tuple[str, float]:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    typical = float(np.median(v)) if v.size else 1.0
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if typical >= scale:
+            return unit, scale
+    return "ns", 1e-9
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _pick_slice(rows: pd.DataFrame, x: str, slice_dims: tuple[str, ...]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The rows of the one combination of ``slice_dims`` that gives the most lines the most x values,
+    and the values held fixed (for the caption)."""
+    dims = [d for d in slice_dims if d in rows.columns]
+    varying = [d for d in dims if rows[d].nunique(dropna=False) > 1]
+    fixed = {d: rows[d].dropna().iloc[0] for d in dims if d not in varying and rows[d].notna().any()}
+    if not varying:
+        return rows, fixed
+    best_key, best_score = None, None
+    for key, group in rows.groupby(varying, dropna=False):
+        per_line = group.groupby("label")[x].nunique()
+        score = (int((per_line >= 2).sum()), int(group[x].nunique()), len(group))
+        if best_score is None or score > best_score:
+            best_key, best_score = key, score
+    key_tuple = best_key if isinstance(best_key, tuple) else (best_key,)
+    chosen = rows
+    for d, value in zip(varying, key_tuple):
+        chosen = chosen[chosen[d].isna()] if pd.isna(value) else chosen[chosen[d] == value]
+        if not pd.isna(value):
+            fixed[d] = value
+    return chosen, fixed
+
+
+def _series(rows: pd.DataFrame, x: str, y: str, lo: str | None, hi: str | None) -> list[_Series]:
+    out = []
+    for label, group in rows.groupby("label"):
+        agg = group.groupby(x)[[c for c in (y, lo, hi) if c]].median().sort_index()
+        agg = agg[agg[y].notna()]
+        if agg.empty:
+            continue
+        out.append(_Series(str(label), agg.index.to_numpy(float), agg[y].to_numpy(float),
+                           agg[lo].to_numpy(float) if lo else None, agg[hi].to_numpy(float) if hi else None))
+    return out
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    # tight_layout has already fitted the labels; bbox_inches="tight" would draw the figure twice
+    fig.savefig(buffer, format="png", dpi=DPI)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _fixed_text(fixed: dict[str, Any]) -> str:
+    names = {"seq_len": "T", "channels": "M", "input_size": "R", "depth": "L", "batch": "B"}
+    parts = [f"{names.get(k, k)}={_fmt_value(v)}" for k, v in fixed.items()]
+    return ", ".join(parts)
+
+
+def _facets(rows: pd.DataFrame, row_dims: tuple[str, ...], col_dims: tuple[str, ...]) -> tuple[list, list]:
+    def keys(dims: tuple[str, ...]) -> list:
+        if not dims:
+            return [()]
+        uniq = rows[list(dims)].drop_duplicates().sort_values(list(dims))
+        return [tuple(r) for r in uniq.itertuples(index=False)]
+
+    return keys(row_dims), keys(col_dims)
+
+
+def _select(rows: pd.DataFrame, dims: tuple[str, ...], key: tuple) -> pd.DataFrame:
+    for d, value in zip(dims, key):
+        rows = rows[rows[d].isna()] if pd.isna(value) else rows[rows[d] == value]
+    return rows
+
+
+def _facet_title(dims: tuple[str, ...], key: tuple) -> str:
+    names = {"batch": "batch", "device": "", "mode": "", "metric": "", "over": ""}
+    parts = []
+    for d, value in zip(dims, key):
+        prefix = names.get(d, d)
+        parts.append(f"{prefix} {_fmt_value(value)}".strip())
+    return ", ".join(parts)
+
+
+def _line_figure(
+    rows: pd.DataFrame,
+    *,
+    x: str,
+    y: str,
+    lo: str | None,
+    hi: str | None,
+    row_dims: tuple[str, ...],
+    col_dims: tuple[str, ...],
+    slice_dims: tuple[str, ...],
+    xlabel: str,
+    ylabel: str,
+    y_scale: float = 1.0,
+    reference: Callable[[Any, dict[str, Any]], None] | None = None,
+    min_points: int = 2,
+) -> tuple[bytes | None, list[str]]:
+    """Draw a grid of panels (rows x cols facets), lines per label; None when no panel has a line with
+    ``min_points`` x values. Returns the PNG and one 'fixed sizes' note per drawn panel."""
+    rows = rows[rows[x].notna() & rows[y].notna()]
+    row_keys, col_keys = _facets(rows, row_dims, col_dims)
+    panels = []
+    for rk in row_keys:
+        for ck in col_keys:
+            sub = _select(_select(rows, row_dims, rk), col_dims, ck)
+            if sub.empty:
+                continue
+            chosen, fixed = _pick_slice(sub, x, slice_dims)
+            series = [s for s in _series(chosen, x, y, lo, hi) if len(s.x) >= min_points]
+            if series:
+                panels.append((rk, ck, series, fixed))
+    if not panels:
+        return None, []
+    used_rows = [rk for rk in row_keys if any(p[0] == rk for p in panels)]
+    used_cols = [ck for ck in col_keys if any(p[1] == ck for p in panels)]
+    n_rows, n_cols = len(used_rows), len(used_cols)
+    # Fixed margins in inches instead of tight_layout (which lays every label out twice): panels of
+    # 4.2 x 2.9 in, one shared legend in a right-hand column, so no legend ever covers a line.
+    panel_w, panel_h, gap_w, gap_h = 4.2, 2.9, 0.9, 0.85
+    left, right, top, bottom = 0.85, 2.9, 0.45, 0.65
+    width = left + n_cols * panel_w + (n_cols - 1) * gap_w + right
+    height = top + n_rows * panel_h + (n_rows - 1) * gap_h + bottom
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        wspace=gap_w / panel_w, hspace=gap_h / panel_h)
+    handles: dict[str, Any] = {}
+    styles = _styles(rows["label"])
+    # x is shared by all panels (same sizes); y is judged per panel, since batch sizes or memory
+    # metrics in different panels can sit decades apart while each panel spans little
+    log_x = _spans_decades([v for p in panels for s in p[2] for v in s.x])
+    notes = []
+    drawn_axes = set()
+    for rk, ck, series, fixed in panels:
+        i, j = used_rows.index(rk), used_cols.index(ck)
+        ax = axes[i][j]
+        drawn_axes.add((i, j))
+        for s in series:
+            style = styles[s.label]
+            color = style["color"]
+            (line,) = ax.plot(s.x, s.y * y_scale, markersize=4, linewidth=1.6, label=s.label, **style)
+            handles.setdefault(s.label, line)
+            if s.lo is not None and s.hi is not None and np.isfinite(s.lo).all() and np.isfinite(s.hi).all():
+                ax.fill_between(s.x, s.lo * y_scale, s.hi * y_scale, color=color, alpha=0.22, linewidth=0)
+        if reference is not None:
+            reference(ax, {**dict(zip(row_dims, rk)), **dict(zip(col_dims, ck)), **fixed})
+        if log_x:
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        panel_y = [v * y_scale for s in series for arr in (s.y, s.lo, s.hi) if arr is not None for v in arr]
+        if _spans_decades(panel_y, ratio=10.0):
+            ax.set_yscale("log")
+            # 1-2-5 labels read better than 10^k and, unlike labelled minor ticks, cost little to draw
+            finite = [v for v in panel_y if np.isfinite(v) and v > 0]
+            decades = math.log10(max(finite) / min(finite))
+            subs = (1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,)  # 1-2-5 labels crowd a tall range
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=subs))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # ticks are costly to lay out
+        else:
+            ax.ticklabel_format(axis="y", useOffset=False)  # "+2.86e2" offsets hide the actual values
+        title = ", ".join(t for t in (_facet_title(row_dims, rk), _facet_title(col_dims, ck)) if t)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="major", alpha=0.3)
+        if fixed:
+            notes.append(f"{title or 'panel'}: {_fixed_text(fixed)}")
+    for i in range(n_rows):
+        for j in range(n_cols):
+            if (i, j) not in drawn_axes:
+                axes[i][j].set_visible(False)
+    for i, j in sorted(drawn_axes):
+        for h in axes[i][j].get_lines():  # labelled reference lines (the torch.mm rate) join the legend
+            if not h.get_label().startswith("_"):
+                handles.setdefault(h.get_label(), h)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="upper left", fontsize=8.5, frameon=False,
+               bbox_to_anchor=(1 - (right - 0.15) / width, 1 - top / height))
+    return _png(fig), notes
+
+
+def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
+    ok = ok_rows(df).copy()
+    ok["label"] = line_labels(ok) if not ok.empty else pd.Series(dtype=object)
+    ok["tps_q1"] = ok["time_q1_s"] / ok["seq_len"]
+    ok["tps_q3"] = ok["time_q3_s"] / ok["seq_len"]
+    return ok
+
+
+def _caption(base: str, notes: list[str]) -> str:
+    if not notes:
+        return base
+    unique = sorted(set(n.split(": ", 1)[1] for n in notes))
+    if len(unique) == 1:
+        return f"{base} Held fixed: {unique[0]}."
+    return f"{base} Held fixed per panel: " + "; ".join(notes) + "."
+
+
+# --------------------------------------------------------------------------------------------------
+# the figures
+
+
+def fig_wider(ok: pd.DataFrame) -> Figure:
+    title = "Wider: parameters vs hidden-state size"
+    png, notes = _line_figure(ok[ok["params"].notna()], x="hidden_size", y="params", lo=None, hi=None,
+                              row_dims=(), col_dims=(), slice_dims=("channels", "input_size"),
+                              xlabel="hidden-state size (units: P·M for tLSTM, L·M for stacked LSTM)",
+                              ylabel="parameters (count)")
+    caption = _caption("A flat tLSTM line means a wider hidden state costs no parameters; the stacked "
+                       "LSTM's line rises with every layer.", notes)
+    if png is None:
+        return Figure("wider", title, caption, missing="needs parameter counts at two or more hidden sizes: "
+                      "run `tlstm-bench run quick`")
+    return Figure("wider", title, caption, png)
+
+
+def fig_cheaper(ok: pd.DataFrame) -> Figure:
+    title = "Cheaper: parameters vs depth"
+    png, notes = _line_figure(ok[ok["params"].notna()], x="depth", y="params", lo=None, hi=None,
+                              row_dims=(), col_dims=(), slice_dims=("channels", "input_size"),
+                              xlabel="depth L (layers)", ylabel="parameters (count)")
+    caption = _caption("Where the tLSTM line lies below the stacked LSTM's, the tLSTM is cheaper at that "
+                       "depth (at L = 1 a single K-tap layer can cost more).", notes)
+    if png is None:
+        return Figure("cheaper", title, caption, missing="needs parameter counts at two or more depths: "
+                      "run `tlstm-bench run quick`")
+    return Figure("cheaper", title, caption, png)
+
+
+def _time_vs(ok: pd.DataFrame, x: str, slug: str, title: str, xlabel: str, base_caption: str, hint: str,
+             slice_dims: tuple[str, ...]) -> Figure:
+    rows = ok[ok["time_per_step_s"].notna()]
+    unit, scale = _time_unit(rows["time_per_step_s"])
+    png, notes = _line_figure(rows, x=x, y="time_per_step_s", lo="tps_q1", hi="tps_q3",
+                              row_dims=("device", "batch"), col_dims=("mode",), slice_dims=slice_dims,
+                              xlabel=xlabel, ylabel=f"time per timestep ({unit})", y_scale=1 / scale)
+    caption = _caption(base_caption + " Lines: median; bands: IQR (q1..q3) of the timed calls.", notes)
+    if png is None:
+        return Figure(slug, title, caption, missing=hint)
+    return Figure(slug, title, caption, png)
+
+
+def fig_time_vs_depth(ok: pd.DataFrame) -> Figure:
+    return _time_vs(
+        ok, "depth", "time_vs_depth", "Deeper and faster: time per timestep vs depth",
+        "depth L (layers)",
+        "The paper's picture at small batch: a flat tLSTM line against a stacked LSTM that grows with L. "
+        "Compare with the large-batch panels, where arithmetic, which grows with P, dominates.",
+        "needs timed points at two or more depths: run `tlstm-bench run depth`",
+        ("dtype", "seq_len", "channels", "input_size"),
+    )
+
+
+def fig_time_vs_seq_len(ok: pd.DataFrame) -> Figure:
+    return _time_vs(
+        ok, "seq_len", "time_vs_seq_len", "Time per timestep vs sequence length", "sequence length T (steps)",
+        "Time per step should be flat in T once start-up costs are amortized; a tLSTM pays L-1 extra "
+        "steps per sequence, visible at short T.",
+        "needs timed points at two or more sequence lengths: run `tlstm-bench run quick` "
+        "(or `--set seq_len=[...]`)",
+        ("dtype", "depth", "channels", "input_size"),
+    )
+
+
+def fig_time_vs_tensor_size(ok: pd.DataFrame) -> Figure:
+    return _time_vs(
+        ok[ok["tensor_size"].notna()], "tensor_size", "time_vs_tensor_size", "Time per timestep vs tensor size",
+        "tensor size P (locations)",
+        "How the cost of one tLSTM step grows with the number of hidden locations (stacked LSTMs paired by "
+        "size appear at their matched P).",
+        "needs timed tLSTM points at two or more tensor sizes: run `tlstm-bench run quick`",
+        ("dtype", "seq_len", "channels", "input_size"),
+    )
+
+
+MEMORY_METRICS = (
+    ("cuda", "peak_mem_bytes", "CUDA allocator peak"),
+    ("cpu", "saved_bytes", "saved for backward"),
+    ("cpu", "rss_peak_bytes", "worker peak RSS"),
+)
+
+
+def _memory_long(ok: pd.DataFrame) -> pd.DataFrame:
+    """One row per (point, memory metric). Training points only where a metric has them: a training
+    step holds the activations for backward, so it is the memory that limits depth and length."""
+    parts = []
+    for device, column, name in MEMORY_METRICS:
+        sub = ok[(ok["device"] == device) & ok[column].notna()].copy()
+        if sub.empty:
+            continue
+        mode = "training" if (sub["mode"] == "training").any() else "inference"
+        sub = sub[sub["mode"] == mode]
+        sub["metric"] = f"{name} ({device}, {mode})"
+        sub["memory_mib"] = sub[column] / 2**20
+        parts.append(sub)
+    return pd.concat(parts) if parts else ok.iloc[0:0].assign(metric=[], memory_mib=[])
+
+
+def _memory_vs(ok: pd.DataFrame, x: str, slug: str, title: str, xlabel: str, hint: str,
+               slice_dims: tuple[str, ...]) -> Figure:
+    rows = _memory_long(ok)
+    png, notes = _line_figure(rows, x=x, y="memory_mib", lo=None, hi=None, row_dims=("batch",),
+                              col_dims=("metric",), slice_dims=slice_dims, xlabel=xlabel,
+                              ylabel="memory (MiB)")
+    caption = _caption("Training steps (inference where no training point has the metric). On a GPU: the "
+                       "CUDA allocator's peak. On a CPU: bytes saved for backward (the activations a training "
+                       "step keeps) and the worker's peak RSS (includes the Python process and libraries). One "
+                       "measurement per point, so no band.",
+                       notes)
+    if png is None:
+        return Figure(slug, title, caption, missing=hint)
+    return Figure(slug, title, caption, png)
+
+
+def fig_memory_vs_depth(ok: pd.DataFrame) -> Figure:
+    return _memory_vs(ok, "depth", "memory_vs_depth", "Peak memory vs depth", "depth L (layers)",
+                      "needs memory measurements at two or more depths: run `tlstm-bench run depth` "
+                      "(`tlstm-bench run gpu` for the CUDA allocator peak)",
+                      ("dtype", "seq_len", "channels", "input_size"))
+
+
+def fig_memory_vs_seq_len(ok: pd.DataFrame) -> Figure:
+    return _memory_vs(ok, "seq_len", "memory_vs_seq_len", "Peak memory vs sequence length",
+                      "sequence length T (steps)",
+                      "needs memory measurements at two or more sequence lengths: run `tlstm-bench run quick`",
+                      ("dtype", "depth", "channels", "input_size"))
+
+
+MATCH_KEYS = ("depth", "seq_len", "batch", "channels", "input_size", "dtype", "mode", "device")
+VARIANT_KEYS = ("kernel_size", "mem_conv", "norm")
+
+
+def matched_speedups(ok: pd.DataFrame) -> pd.DataFrame:
+    """Speedup of every tLSTM implementation over ``tlstm_naive`` (same variant) and over each stacked
+    LSTM, at points matched on depth, T, batch, channels, input size, dtype, mode and device.
+
+    speedup = reference median / implementation median (> 1: faster); low/high from the quartiles
+    (reference q1 / impl q3 .. reference q3 / impl q1), a conservative band.
+    """
+    cols = list(MATCH_KEYS) + list(VARIANT_KEYS) + ["impl", "family", "variant", "time_median_s", "time_q1_s",
+                                                     "time_q3_s"]
+    base = ok[ok["time_median_s"].notna()][cols].copy()
+    for key in MATCH_KEYS + VARIANT_KEYS:
+        # merge() treats NaN keys as equal only when they are the same object type; make them strings
+        base[key] = base[key].map(lambda v: "-" if pd.isna(v) else str(v))
+    tl = base[base["family"] == "tlstm"]
+    parts = []
+    naive = tl[tl["impl"] == "tlstm_naive"]
+    others = tl[tl["impl"] != "tlstm_naive"]
+    if not naive.empty and not others.empty:
+        m = others.merge(naive, on=list(MATCH_KEYS + VARIANT_KEYS), suffixes=("", "_ref"))
+        m["reference"] = "tlstm_naive"
+        parts.append(m)
+    for lstm_impl, lstm in base[base["family"] == "lstm"].groupby("impl"):
+        if tl.empty:
+            continue
+        m = tl.merge(lstm.drop(columns=list(VARIANT_KEYS)), on=list(MATCH_KEYS), suffixes=("", "_ref"))
+        m["reference"] = lstm_impl
+        parts.append(m)
+    if not parts:
+        return pd.DataFrame(columns=list(MATCH_KEYS) + ["impl", "reference", "speedup", "speedup_lo", "speedup_hi"])
+    out = pd.concat(parts, ignore_index=True)
+    out["speedup"] = out["time_median_s_ref"] / out["time_median_s"]
+    out["speedup_lo"] = out["time_q1_s_ref"] / out["time_q3_s"]
+    out["speedup_hi"] = out["time_q3_s_ref"] / out["time_q1_s"]
+    for key in ("depth", "seq_len", "batch", "channels", "input_size"):
+        out[key] = pd.to_numeric(out[key], errors="coerce")
+    return out
+
+
+def fig_speedups(ok: pd.DataFrame) -> Figure:
+    title = "Speedups of the tLSTM implementations, matched points"
+    sp = matched_speedups(ok)
+    caption_base = ("Speedup = reference median time / implementation median time at the same depth, T, batch, "
+                    "channels, dtype, mode and device; above the dashed line at 1 the implementation is faster. "
+                    "Bands: reference q1/impl q3 .. reference q3/impl q1.")
+    if sp.empty:
+        return Figure("speedups", title, caption_base, missing="needs a tLSTM implementation and `tlstm_naive` or "
+                      "`lstm_cudnn` timed at the same points: run `tlstm-bench run quick`")
+    sp = sp.copy()
+    sp["label"] = line_labels(sp) + ", B=" + sp["batch"].map(_fmt_value)
+    sp["over"] = "over " + sp["reference"]
+
+    def one_line(ax: Any, context: dict[str, Any]) -> None:
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
+
+    png, notes = _line_figure(sp, x="depth", y="speedup", lo="speedup_lo", hi="speedup_hi", row_dims=("mode",),
+                              col_dims=("over",), slice_dims=("dtype", "seq_len", "channels", "input_size", "device"),
+                              xlabel="depth L (layers)", ylabel="speedup (x, reference time / impl time)",
+                              reference=one_line, min_points=1)
+    if png is None:
+        return Figure("speedups", title, caption_base, missing="run `tlstm-bench run quick`")
+    return Figure("speedups", title, _caption(caption_base, notes), png)
+
+
+def fig_gflops(ok: pd.DataFrame, env: dict[str, Any]) -> Figure:
+    title = "Achieved GFLOP/s against the machine's matrix-multiply rate"
+    rows = ok[ok["gflops"].notna()].copy()
+    # the band: the same FLOPs over the timing quartiles (a slow call, q3, gives the low rate)
+    rows["gflops_lo"] = rows["gflops"] * rows["time_median_s"] / rows["time_q3_s"]
+    rows["gflops_hi"] = rows["gflops"] * rows["time_median_s"] / rows["time_q1_s"]
+    recorded = env.get("matmul_gflops") if isinstance(env, dict) else None
+    drawn: list[float] = []
+
+    def ref_line(ax: Any, context: dict[str, Any]) -> None:
+        rate = matmul_rate(recorded, context.get("device"), context.get("dtype"))
+        if rate is not None:
+            drawn.append(rate)
+            ax.axhline(rate, color="black", linestyle="--", linewidth=1.2,
+                       label=f"torch.mm, {context.get('device', '')} {context.get('dtype', '')}: "
+                             f"{rate:.0f} GFLOP/s".replace("  ", " "))
+
+    png, notes = _line_figure(rows, x="depth", y="gflops", lo="gflops_lo", hi="gflops_hi", row_dims=("device", "batch"),
+                              col_dims=("mode",), slice_dims=("dtype", "seq_len", "channels", "input_size"),
+                              xlabel="depth L (layers)", ylabel="achieved GFLOP/s",
+                              reference=ref_line)
+    base = ("FLOPs from the spec's cost formulas divided by the median time. The dashed line is this machine's "
+            "measured torch.mm rate: the distance to it is what a better kernel could still win.")
+    if png is not None and not drawn:
+        base += " (The run recorded no matmul_gflops for these devices and dtypes, so the line is missing.)"
+    if png is None:
+        return Figure("gflops", title, base, missing="needs FLOP counts at two or more depths: run "
+                      "`tlstm-bench run depth`")
+    return Figure("gflops", title, _caption(base, notes), png)
+
+
+def matmul_rate(recorded: Any, device: Any, dtype: Any) -> float | None:
+    """The torch.mm rate for a panel: ``env["matmul_gflops"]`` is one number, or a dict keyed
+    "device:dtype" (as the sweep runner records it, one measurement per device and dtype)."""
+    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
+        return float(recorded) if math.isfinite(float(recorded)) else None
+    if isinstance(recorded, dict):
+        value = recorded.get(f"{device}:{dtype}")
+        if value is None and dtype is None:  # dtype not held fixed: only an unambiguous entry will do
+            matches = [v for k, v in recorded.items() if str(k).startswith(f"{device}:")]
+            value = matches[0] if len(matches) == 1 else None
+        if isinstance(value, (int, float)) and math.isfinite(float(value)):
+            return float(value)
+    return None
+
+
+def build_figures(df: pd.DataFrame, env: dict[str, Any] | None = None) -> list[Figure]:
+    """Every figure of the report, in reading order, from a normalized frame; ``env`` defaults to
+    ``df.attrs["env"]`` (it supplies the torch.mm reference rate)."""
+    if env is None:
+        env = df.attrs.get("env") or {}
+    # pandas deep-copies attrs into every intermediate frame; the figures never read them
+    df = df.copy()
+    df.attrs = {}
+    ok = _with_labels(df)
+    return [
+        fig_wider(ok),
+        fig_cheaper(ok),
+        fig_time_vs_depth(ok),
+        fig_time_vs_seq_len(ok),
+        fig_time_vs_tensor_size(ok),
+        fig_memory_vs_depth(ok),
+        fig_memory_vs_seq_len(ok),
+        fig_speedups(ok),
+        fig_gflops(ok, env),
+    ]

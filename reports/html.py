@@ -1,0 +1,363 @@
+"""One self-contained HTML file from a results frame: claims, figures, tables, environment, the command.
+
+The file needs no network and no JavaScript: figures are inline base64 PNGs, the style sheet is inline
+(with a print style), and nothing is linked. Every figure is also written as a PNG next to the HTML,
+in ``<stem>_figures/``, for slides and papers.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+import pathlib
+from typing import Any
+
+import pandas as pd
+
+from .claims import FAILS, HOLDS, NOT_MEASURED, PARTLY, Claim, judge_claims
+from .data import ReportInputError, fmt_time, line_labels, normalize
+from .figures import Figure, build_figures, matched_speedups
+
+SECTIONS = ("claims", "figures", "summary", "speedups", "failures", "environment", "sweep", "reproduce")
+
+CSS = """
+:root { --fg: #1b1f24; --muted: #57606a; --line: #d0d7de; --bg-alt: #f6f8fa; }
+* { box-sizing: border-box; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; color: var(--fg);
+       max-width: 1180px; margin: 0 auto; padding: 24px 28px 60px; }
+h1 { font-size: 1.7em; margin: 0 0 4px; }
+h2 { font-size: 1.3em; border-bottom: 1px solid var(--line); padding-bottom: 4px; margin-top: 2em; }
+h3 { font-size: 1.05em; margin: 1.4em 0 0.4em; }
+p.lead { color: var(--muted); margin-top: 0; }
+nav { font-size: 0.92em; margin: 10px 0 0; }
+nav a { margin-right: 12px; color: #0969da; text-decoration: none; }
+table { border-collapse: collapse; font-size: 0.86em; margin: 8px 0 12px; }
+th, td { border: 1px solid var(--line); padding: 3px 7px; text-align: left; vertical-align: top; }
+th { background: var(--bg-alt); }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.claims td.verdict { font-weight: 600; white-space: nowrap; }
+.v-holds { background: #dafbe1; }
+.v-part { background: #fff8c5; }
+.v-fails { background: #ffebe9; }
+.v-none { background: #eaeef2; }
+.noisy { color: #9a6700; font-weight: 600; }
+.rule { color: var(--muted); font-size: 0.92em; }
+figure { margin: 14px 0 26px; }
+figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
+figcaption { color: var(--muted); font-size: 0.92em; margin-top: 4px; max-width: 1000px; }
+p.missing { color: var(--muted); font-style: italic; }
+pre { background: var(--bg-alt); padding: 8px 10px; overflow-x: auto; font-size: 0.85em; }
+details summary { cursor: pointer; color: var(--muted); }
+.message { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 0.9em; word-break: break-word; }
+@media print {
+  body { max-width: none; padding: 0; font-size: 10.5pt; }
+  nav { display: none; }
+  h2 { break-after: avoid; }
+  div.fig, figure, table.claims tr, tr { break-inside: avoid; }
+  h3 { break-after: avoid; }
+  figure img { max-width: 100%; border: none; }
+  a { color: inherit; text-decoration: none; }
+  details > *:not(summary) { display: block; }
+  .v-holds, .v-part, .v-fails, .v-none { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+}
+"""
+
+_VERDICT_CLASS = {HOLDS: "v-holds", PARTLY: "v-part", FAILS: "v-fails", NOT_MEASURED: "v-none"}
+_KEY_SIZES = ("device", "dtype", "mode", "batch", "seq_len", "channels", "input_size", "depth")
+_SIZE_NAMES = {"seq_len": "T", "channels": "M", "input_size": "R", "depth": "L", "batch": "B"}
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[str]], numeric: set[int] | None = None, cls: str = "") -> str:
+    """An HTML table; cells are already escaped HTML."""
+    numeric = numeric or set()
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _claims_html(claims: list[Claim]) -> str:
+    rows = []
+    for c in claims:
+        detail = ""
+        if c.details:
+            items = "".join(f"<li>{_e(d)}</li>" for d in c.details)
+            detail = f"<details><summary>{len(c.details)} line(s) of evidence</summary><ul>{items}</ul></details>"
+        rows.append([
+            f"<b>{_e(c.name)}</b>",
+            f'<span class="{_VERDICT_CLASS.get(c.verdict, "")}">{_e(c.verdict)}</span>',
+            f"{_e(c.evidence)}<div class=\"rule\">Rule: {_e(c.rule)}</div>{detail}",
+        ])
+    body = _table(["claim", "verdict", "the numbers that decide it"], rows, cls="claims")
+    # the verdict cell carries the colour
+    for verdict, cls in _VERDICT_CLASS.items():
+        body = body.replace(f'<td><span class="{cls}">{_e(verdict)}</span></td>',
+                            f'<td class="verdict {cls}">{_e(verdict)}</td>')
+    return body
+
+
+def _figures_html(figures: list[Figure], paths: dict[str, pathlib.Path], out_dir: pathlib.Path) -> str:
+    parts = []
+    for i, f in enumerate(figures, start=1):
+        heading = f'<h3 id="fig-{_e(f.slug)}">{i}. {_e(f.title)}</h3>'
+        if f.png is None:
+            parts.append(f'<div class="fig">{heading}<p class="missing">Not in these results: {_e(f.missing)}.</p></div>')
+            continue
+        data = base64.b64encode(f.png).decode("ascii")
+        rel = paths[f.slug].relative_to(out_dir)
+        parts.append(
+            f'<div class="fig">{heading}<figure><img alt="{_e(f.title)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_e(f.caption)} <span class=\"rule\">(PNG: {_e(rel)})</span></figcaption></figure></div>"
+        )
+    return "\n".join(parts)
+
+
+def _constant_sizes(df: pd.DataFrame, fields: tuple[str, ...]) -> tuple[list[str], dict[str, Any]]:
+    varying, fixed = [], {}
+    for f in fields:
+        values = df[f].dropna().unique()
+        if len(values) > 1:
+            varying.append(f)
+        elif len(values) == 1:
+            fixed[f] = values[0]
+    return varying, fixed
+
+
+def _summary_html(df: pd.DataFrame) -> str:
+    ok = df[(df["status"] == "ok") & df["time_per_step_s"].notna()].copy()
+    if ok.empty:
+        return '<p class="missing">No timed points in these results.</p>'
+    ok["label"] = line_labels(ok)
+    varying, fixed = _constant_sizes(ok, _KEY_SIZES)
+    index = varying or ["device"]
+    labels = sorted(ok["label"].unique())
+    grouped = {}
+    for key, group in ok.groupby(index + ["label"], dropna=False):
+        grouped[key] = group
+    keys = sorted({k[:-1] for k in grouped}, key=lambda k: tuple((pd.isna(v), str(v) if isinstance(v, str) else v)
+                                                                 for v in k))
+    rows = []
+    for key in keys:
+        row = [_e(_cell(v)) for v in key]
+        for label in labels:
+            group = grouped.get(key + (label,))
+            if group is None:
+                row.append("")
+                continue
+            median = group["time_per_step_s"].median()
+            iqr = (group["time_iqr_s"] / group["seq_len"]).median()
+            noisy = bool(group["noisy"].any())
+            text = f"{fmt_time(median)}"
+            if not math.isnan(iqr):
+                text += f" <span class=\"rule\">IQR {fmt_time(iqr)}</span>"
+            if noisy:
+                text += ' <span class="noisy" title="IQR/median above 10%">noisy</span>'
+            row.append(text)
+        rows.append(row)
+    header = [_e(_SIZE_NAMES.get(f, f)) for f in index] + [_e(label) for label in labels]
+    note = ""
+    if fixed:
+        note = "<p>Same for every point: " + ", ".join(f"{_e(_SIZE_NAMES.get(k, k))} = {_e(_cell(v))}"
+                                                        for k, v in fixed.items()) + ".</p>"
+    return (note + "<p>Median time per timestep (time per call / T) and its IQR; <span class=\"noisy\">noisy</span> "
+            "marks points whose IQR exceeds 10% of the median.</p>"
+            + _table(header, rows, numeric=set(range(len(index), len(header)))))
+
+
+def _speedups_html(df: pd.DataFrame) -> str:
+    ok = df[df["status"] == "ok"]
+    sp = matched_speedups(ok)
+    if sp.empty:
+        return ('<p class="missing">No matched points: needs a tLSTM implementation and `tlstm_naive` or a stacked '
+                "LSTM timed at the same sizes (run `tlstm-bench run quick`).</p>")
+    rows = []
+    for (impl, ref, mode, batch), g in sp.groupby(["impl", "reference", "mode", "batch"]):
+        geo = float(pd.Series(g["speedup"]).map(math.log).mean())
+        rows.append([_e(impl), _e(ref), _e(mode), _e(_cell(batch)), str(len(g)), f"{math.exp(geo):.3g}x",
+                     f"{g['speedup'].min():.3g}x", f"{g['speedup'].max():.3g}x"])
+    return ("<p>Speedup = reference time / implementation time at matched points (same depth, T, batch, channels, "
+            "dtype, mode, device); geometric mean over the matched points.</p>"
+            + _table(["implementation", "over", "mode", "batch", "points", "geo. mean", "min", "max"], rows,
+                     numeric={3, 4, 5, 6, 7}))
+
+
+def _failures_html(df: pd.DataFrame) -> str:
+    failed = df[df["status"] != "ok"]
+    if failed.empty:
+        return f"<p>Every one of the {len(df)} points has status ok.</p>"
+    counts = failed["status"].value_counts()
+    rows = []
+    for _, r in failed.sort_values(["status", "impl"]).iterrows():
+        sizes = ", ".join(f"{_SIZE_NAMES.get(f, f)}={_cell(r[f])}" for f in ("mode", "batch", "seq_len", "channels",
+                                                                               "depth", "tensor_size")
+                          if _cell(r[f]))
+        rows.append([_e(r["status"]), _e(r["impl"]), _e(sizes), _e(r["device"] if _cell(r["device"]) else ""),
+                     f'<span class="message">{_e(r["message"])}</span>'])
+    return (f"<p>{len(failed)} of {len(df)} point(s) did not give a timing: "
+            + ", ".join(f"{n} {_e(s)}" for s, n in counts.items()) + ". They are not plotted.</p>"
+            + _table(["status", "implementation", "sizes", "device", "message"], rows))
+
+
+def _env_html(df: pd.DataFrame, env: Any) -> str:
+    if not isinstance(env, dict) or not env:
+        return '<p class="missing">No environment recorded with these results.</p>'
+    rows = [[_e(k), _e(_cell(v) if not isinstance(v, (dict, list)) else json.dumps(v))] for k, v in env.items()]
+    backends = df.loc[df["status"] == "ok"].groupby("impl")["backend"].agg(
+        lambda s: ", ".join(sorted({str(v) for v in s if isinstance(v, str)})))
+    extra = ""
+    if len(backends) and any(backends):
+        extra = "<p>Backends that actually ran: " + "; ".join(f"{_e(i)}: {_e(b) or 'not recorded'}"
+                                                             for i, b in backends.items()) + ".</p>"
+    return _table(["field", "value"], rows) + extra
+
+
+def _sweep_html(df: pd.DataFrame, sweep: Any) -> tuple[str, str]:
+    sweeps = sorted({str(s) for s in df["sweep"].dropna()})
+    if not isinstance(sweep, dict) or not sweep:
+        config = ('<p class="missing">No sweep definition recorded (results from pytest-benchmark or an older '
+                  "run).</p>")
+        if sweeps:
+            config += f"<p>Sweep names on the points: {_e(', '.join(sweeps))}.</p>"
+        return config, '<p class="missing">The reproducing command was not recorded with these results.</p>'
+    shown = {k: v for k, v in sweep.items() if k != "command"}
+    config = f"<pre>{_e(json.dumps(shown, indent=2, default=str))}</pre>"
+    command = sweep.get("command")
+    if command:
+        cmd = command if isinstance(command, str) else " ".join(map(str, command))
+        repro = f"<p>To rerun these measurements:</p><pre>{_e(cmd)}</pre>"
+    else:
+        repro = '<p class="missing">The sweep definition has no "command" entry.</p>'
+    return config, repro
+
+
+def render_html(df: pd.DataFrame, claims: list[Claim], figures: list[Figure], paths: dict[str, pathlib.Path],
+                out_dir: pathlib.Path) -> str:
+    """The whole report as one HTML string (figures inline)."""
+    env = df.attrs.get("env") if isinstance(df.attrs.get("env"), dict) else {}
+    sweep = df.attrs.get("sweep") if isinstance(df.attrs.get("sweep"), dict) else {}
+    envs = df.attrs.get("envs") if isinstance(df.attrs.get("envs"), list) else []
+    df = df.copy()
+    df.attrs = {}  # pandas would deep-copy them into every derived frame
+    n_ok = int((df["status"] == "ok").sum())
+    device = env.get("gpu_model") or env.get("cpu_model") or ", ".join(sorted({str(d) for d in df["device"].dropna()}))
+    name = sweep.get("name") or ", ".join(sorted({str(s) for s in df["sweep"].dropna()})) or "results"
+    impls = ", ".join(sorted({str(i) for i in df["impl"]}))
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    config, repro = _sweep_html(df, sweep)
+    nav = "".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>tlstm-bench report: {_e(name)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<header>
+<h1>tlstm-bench report: {_e(name)}</h1>
+<p class="lead">{len(df)} point(s), {n_ok} ok; implementations: {_e(impls)}; device: {_e(device or "not recorded")};
+commit {_e(env.get("git_commit") or "not recorded")}; built {_e(stamp)}.</p>
+<nav>{nav}</nav>
+</header>
+<section id="claims">
+<h2>The paper's four claims, judged from these results</h2>
+<p>He et al. (NIPS 2017) claim tensorized LSTMs are wider, deeper, cheaper and faster than stacked LSTMs.
+Each verdict below is computed from the points in this report only (status ok), by the rule stated with it.</p>
+{_claims_html(claims)}
+</section>
+<section id="figures">
+<h2>Figures</h2>
+{_figures_html(figures, paths, out_dir)}
+</section>
+<section id="summary">
+<h2>Summary: median time per timestep</h2>
+{_summary_html(df)}
+</section>
+<section id="speedups">
+<h2>Speedups at matched points</h2>
+{_speedups_html(df)}
+</section>
+<section id="failures">
+<h2>Failed points</h2>
+{_failures_html(df)}
+</section>
+<section id="environment">
+<h2>Environment</h2>
+{_env_html(df, env)}
+{f'<p class="noisy">These results come from {len(envs)} different environments (a resumed run changed machine '
+ 'or versions); the table shows the first.</p>' if len(envs) > 1 else ''}
+</section>
+<section id="sweep">
+<h2>Sweep configuration</h2>
+{config}
+</section>
+<section id="reproduce">
+<h2>Reproduce</h2>
+{repro}
+</section>
+</body>
+</html>
+"""
+
+
+def _resolve_out(out: pathlib.Path | str) -> pathlib.Path:
+    if not isinstance(out, (str, pathlib.Path)):
+        raise ReportInputError(f"out must be a path to an .html file, got {type(out).__name__}")
+    path = pathlib.Path(out)
+    if path.is_dir():
+        return path / "report.html"
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise ReportInputError(f"out must end in .html or .htm (or name an existing directory), got {str(path)!r}")
+    return path
+
+
+def build_report(df: pd.DataFrame, out: pathlib.Path) -> pathlib.Path:
+    """Write the report for results frame ``df`` to ``out`` (an .html file, or a directory to hold
+    report.html) and every figure as a PNG in ``<out stem>_figures/``. Returns the HTML file's path.
+
+    Raises ReportInputError when ``df`` breaks the results contract or ``out`` is not an .html path.
+    """
+    path = _resolve_out(out)
+    frame = normalize(df)
+    attrs = dict(frame.attrs)
+    # pandas deep-copies attrs into every derived frame, which dominated the build time; work without
+    frame.attrs = {}
+    claims = judge_claims(frame)
+    figures = build_figures(frame, attrs.get("env") or {})
+    frame.attrs = attrs
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig_dir = path.parent / f"{path.stem}_figures"
+    fig_dir.mkdir(exist_ok=True)
+    for stale in fig_dir.glob("[0-9][0-9]_*.png"):
+        stale.unlink()  # a figure absent this time must not linger from an earlier build
+    paths: dict[str, pathlib.Path] = {}
+    for i, figure in enumerate(figures, start=1):
+        if figure.png is None:
+            continue
+        png_path = fig_dir / f"{i:02d}_{figure.slug}.png"
+        png_path.write_bytes(figure.png)
+        paths[figure.slug] = png_path
+    path.write_text(render_html(frame, claims, figures, paths, path.parent), encoding="utf-8")
+    return path
+
+
+__all__ = ["SECTIONS", "build_report", "render_html"]
