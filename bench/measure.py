@@ -249,7 +249,7 @@ def time_calls(
 
 
 def flops(point: dict[str, Any]) -> int:
-    """FLOPs of one call (the whole batch and sequence) from the spec's section 5 (matrix work only).
+    """FLOPs of one call (the whole batch and sequence) from the cost formulas in the README (matrix work only).
 
     tLSTM forward per sample: 2*R*M per input step (T steps) + 2*P*K*M*G per step (T+L-1 steps).
     Stacked LSTM forward per sample: (2*4M*(R+M) + (L-1)*2*4M*2M) per step, T steps.

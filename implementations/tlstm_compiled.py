@@ -9,8 +9,8 @@ Two traps, handled here:
 - dynamo keeps compiled code per Python function, and after ``recompile_limit`` (8) new guards it
   silently runs eager. Building a model resets dynamo, and the step is compiled with
   ``fullgraph=True`` so that hitting the limit raises instead of quietly falling back.
-- Inductor's CPU code has been seen to give wrong gradients for some formulations (see
-  ``/work/shared/measurement-notes.md``). Nothing is hidden here: the registry's contract test and the
+- Inductor's vectorized CPU code has been seen (torch 2.13) to give wrong gradients for a
+  conv1d-plus-softmax formulation of the memory-cell convolution. Nothing is hidden here: the registry's contract test and the
   sweep's correctness gate compare this implementation with ``tlstm_naive``, output and gradients.
 """
 
@@ -65,13 +65,4 @@ class TLSTMCompiled(TLSTMNaive):
     description="reference tLSTM with its step under torch.compile (Inductor)",
 )
 def build_tlstm_compiled(config: ModelConfig, *, device: torch.device, dtype: torch.dtype) -> TLSTMCompiled:
-    return TLSTMCompiled(
-        config.input_size,
-        config.channels,
-        config.tensor_size,  # type: ignore[arg-type]
-        config.kernel_size,
-        config.mem_conv,
-        config.norm,
-        device=device,
-        dtype=dtype,
-    )
+    return TLSTMCompiled.from_config(config, device=device, dtype=dtype)

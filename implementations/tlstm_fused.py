@@ -89,14 +89,4 @@ def build_tlstm_fused(
             from .registry import ImplementationUnavailable
 
             raise ImplementationUnavailable(f"tlstm_fused backend={backend} is unavailable: {reason}")
-    return TLSTMFused(
-        config.input_size,
-        config.channels,
-        config.tensor_size,
-        config.kernel_size,
-        config.mem_conv,
-        config.norm,
-        device=device,
-        dtype=dtype,
-        backend=backend,
-    )
+    return TLSTMFused.from_config(config, device=device, dtype=dtype, backend=backend)

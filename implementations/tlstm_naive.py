@@ -89,6 +89,21 @@ class TLSTMNaive(nn.Module):
             self.cn_c_bias = nn.Parameter(torch.empty(m, **factory))
         self.reset_parameters()
 
+    @classmethod
+    def from_config(cls, config: ModelConfig, *, device=None, dtype=None, **kwargs):
+        """Build from a ModelConfig (``kwargs`` go to subclasses, e.g. a backend choice)."""
+        return cls(
+            config.input_size,
+            config.channels,
+            config.tensor_size,  # type: ignore[arg-type]
+            config.kernel_size,
+            config.mem_conv,
+            config.norm,
+            device=device,
+            dtype=dtype,
+            **kwargs,
+        )
+
     @property
     def depth(self) -> int:
         return self.config.layers
@@ -187,13 +202,4 @@ class TLSTMNaive(nn.Module):
     description="reference tLSTM: plain PyTorch, one loop iteration per timestep (the oracle)",
 )
 def build_tlstm_naive(config: ModelConfig, *, device: torch.device, dtype: torch.dtype) -> TLSTMNaive:
-    return TLSTMNaive(
-        config.input_size,
-        config.channels,
-        config.tensor_size,  # type: ignore[arg-type]
-        config.kernel_size,
-        config.mem_conv,
-        config.norm,
-        device=device,
-        dtype=dtype,
-    )
+    return TLSTMNaive.from_config(config, device=device, dtype=dtype)

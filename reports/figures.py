@@ -494,7 +494,7 @@ def fig_gflops(ok: pd.DataFrame, env: dict[str, Any]) -> Figure:
                               col_dims=("mode",), slice_dims=("dtype", "seq_len", "channels", "input_size"),
                               xlabel="depth L (layers)", ylabel="achieved GFLOP/s",
                               reference=ref_line)
-    base = ("FLOPs from the spec's cost formulas divided by the median time. The dashed line is this machine's "
+    base = ("FLOPs from the cost formulas in the README divided by the median time. The dashed line is this machine's "
             "measured torch.mm rate: the distance to it is what a better kernel could still win.")
     if png is not None and not drawn:
         base += " (The run recorded no matmul_gflops for these devices and dtypes, so the line is missing.)"

@@ -3,7 +3,7 @@
 ``make_results`` builds a frame as ``bench.results.load`` returns it: one row per point, config fields,
 status, metrics, raw samples, ``attrs["env"]`` and ``attrs["sweep"]``. Times follow a simple model
 (time per step grows with depth by a chosen fraction per extra layer) so a test can decide whether the
-Faster claim should hold. Parameter counts follow the spec's formulas exactly.
+Faster claim should hold. Parameter counts follow the README's formulas exactly.
 
 Run as a script to time ``reports.build_report`` on a 200-point frame:
 

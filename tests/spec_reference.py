@@ -19,7 +19,7 @@ def _cn(z, w, b):
 
 
 def spec_tlstm(x, params: dict, tensor_size: int, kernel_size: int, mem_conv: bool, norm):
-    """x: [B, T, R]; params by the spec's names. Returns y [B, T, M], h, c [B, P, M]."""
+    """x: [B, T, R]; params by the model's parameter names. Returns y [B, T, M], h, c [B, P, M]."""
     wx, bx, wh, bh = params["weight_x"], params["bias_x"], params["weight_h"], params["bias_h"]
     B, T, _ = x.shape
     P, K = tensor_size, kernel_size

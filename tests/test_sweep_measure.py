@@ -1,5 +1,5 @@
 """bench.measure in-process: the gate catches wrong numbers, timing returns raw samples, FLOPs follow
-the spec's formulas, memory and metrics are filled in."""
+the README's cost formulas, memory and metrics are filled in."""
 
 from __future__ import annotations
 
