@@ -23,7 +23,7 @@ def test_compiled_step_matches_naive_with_one_graph(rng_seed):
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
     compiled = implementations.create("tlstm_compiled", dtype=torch.float64, **sizes)
     assert isinstance(compiled, TLSTMCompiled)
-    assert counters["stats"]["unique_graphs"] == 0  # building a model reset dynamo
+    counters.clear()  # count this model's graphs only: dynamo.reset() leaves the counters as they were
     compiled.load_state_dict(reference.state_dict())
     x = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64)
     results = []
