@@ -17,9 +17,9 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 
 # Seconds per stage; the sum stays under 8 minutes with room for start-up.
-TESTS_S=${TESTS_S:-150}
-FIGURES_S=${FIGURES_S:-150}
-SWEEP_S=${SWEEP_S:-150}
+TESTS_S=${TESTS_S:-100}
+FIGURES_S=${FIGURES_S:-90}
+SWEEP_S=${SWEEP_S:-270}   # the sweep resumes: a cut-short run keeps its points and gets a report
 PYTHON=${PYTHON:-python}
 unset TRITON_INTERPRET  # compile for the GPU: the interpreter is for machines without one
 
