@@ -18,12 +18,12 @@ pytestmark = pytest.mark.skipif(_reason is not None, reason=f"fused cpp backend 
 PARAM_NAMES = ("weight_x", "bias_x", "weight_h", "bias_h", "cn_a_weight", "cn_a_bias", "cn_c_weight", "cn_c_bias")
 
 
-def _pair(dtype: torch.dtype, gen: torch.Generator, **sizes):
-    """A naive reference with random weights (CN scale and shift too) and a fused copy of it."""
+def _pair(dtype: torch.dtype, gen: torch.Generator, scale: float = 0.5, **sizes):
+    """A naive reference with random weights N(0, scale^2) (CN scale and shift too) and a fused copy."""
     reference = implementations.create("tlstm_naive", dtype=dtype, **sizes)
     with torch.no_grad():
         for p in reference.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=dtype) * 0.5)
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=dtype) * scale)
     fused = implementations.create("tlstm_fused", dtype=dtype, **sizes)
     fused.load_state_dict(reference.state_dict())
     return reference, fused
@@ -145,6 +145,46 @@ def test_state_dict_interchange_with_naive(rng_seed):
     back.load_state_dict(fused.state_dict(), strict=True)
     x = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(back(x)[0], fused(x)[0], rtol=1e-10, atol=1e-10)
+
+
+# Each case picks a path of the operator's per-step product (see kParallelStepFlops and kThinRows in
+# the C++ source). Step FLOPs = 2 * B*P * K*M * G; rows per thread = B*P / 2 on two threads.
+SPLIT_CASES = {
+    # 2*8*8 * 96 * 131 = 1.6 MFLOP: a split step, 32 rows per thread -> the thin kernel per thread
+    "split-thin": (torch.float32, dict(input_size=4, channels=32, tensor_size=8, kernel_size=3, mem_conv=True, norm=None), 8),
+    # K=4 (d_up 2), CN: 2*4*10 * 128 * 132 = 1.4 MFLOP, 20 rows per thread, last panel partial
+    "split-thin-k4-cn": (torch.float32, dict(input_size=3, channels=32, tensor_size=10, kernel_size=4, mem_conv=True, norm="cn"), 4),
+    # 2*40*4 * 96 * 128 = 3.9 MFLOP, 80 rows per thread -> at::mm_out per thread
+    "split-aten": (torch.float32, dict(input_size=4, channels=32, tensor_size=4, kernel_size=3, mem_conv=False, norm=None), 40),
+    # float64 never takes the thin kernel
+    "split-float64": (torch.float64, dict(input_size=4, channels=32, tensor_size=8, kernel_size=3, mem_conv=True, norm="cn"), 8),
+    # 2*1*2 * 99 * 135 = 53 kFLOP (under 0.2 MFLOP): a small step on one thread, the thin kernel with two rows, which
+    # unrolls k by two: odd K*M and odd G exercise the leftover k in the forward and the backward
+    "small-two-rows": (torch.float32, dict(input_size=4, channels=33, tensor_size=2, kernel_size=3, mem_conv=True, norm=None), 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT_CASES))
+def test_step_product_paths_match_naive(case, rng_seed):
+    dtype, sizes, batch = SPLIT_CASES[case]
+    gen = torch.Generator().manual_seed(rng_seed)
+    # Weights N(0, 0.2^2): at 0.5 and M = 32 without CN, float32 tlstm_naive is itself up to 1e-5 off
+    # a float64 run (as is the fused one), so 1e-5 between the two would test rounding luck. At 0.2
+    # both are within 1e-6 of float64 (12 seeds per case checked).
+    reference, fused = _pair(dtype, gen, scale=0.2, **sizes)
+    p, m = sizes["tensor_size"], sizes["channels"]
+    x = torch.randn(batch, 5, sizes["input_size"], generator=gen, dtype=dtype)
+    h0 = torch.randn(batch, p, m, generator=gen, dtype=dtype)
+    c0 = torch.randn(batch, p, m, generator=gen, dtype=dtype)
+    labels = ["y", "h", "c", "dx", "dh0", "dc0", *(f"d{n}" for n, _ in reference.named_parameters())]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # the split cases need two threads, whatever this machine has
+        got = _run(fused, x, h0, c0)
+    finally:
+        torch.set_num_threads(threads)
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    _assert_close(got, _run(reference, x, h0, c0), tol, labels)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

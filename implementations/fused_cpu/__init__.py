@@ -1,8 +1,9 @@
 """The ``cpp`` backend of ``tlstm_fused``: one C++ operator for the whole tLSTM sequence on the CPU.
 
 The operator (``csrc/tlstm_fused_cpu.cpp``) runs all T+L-1 steps, forward and backward: per step one
-ATen matrix product for the cross-layer convolution and one OpenMP-parallel pass over the
-(sample, location) rows for everything else; the weight gradient is one product after the loop.
+matrix product for the cross-layer convolution and one pass over the (sample, location) rows for
+everything else, a large step split by rows between the threads; the weight gradient is one product
+after the loop.
 It is compiled with ``torch.utils.cpp_extension`` the first time it is used, into
 ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/tlstm-bench/`` (``$XDG_CACHE_HOME`` honoured), and later
 processes load that build directly. The build is keyed by the source, the flags and the torch
@@ -156,15 +157,15 @@ class FusedSequence(torch.autograd.Function):
         ext = load_extension()
         y, h, c, X, A, C = ext.forward(x, h0, c0, weight_x, bias_x, weight_h, bias_h, cn_a_weight, cn_a_bias,
                                        cn_c_weight, cn_c_bias, tensor_size, mem_conv, True)
-        ctx.save_for_backward(x, weight_x, weight_h, cn_a_weight, cn_a_bias, cn_c_weight, cn_c_bias, X, A, C)
+        ctx.save_for_backward(x, weight_x, weight_h, bias_h, cn_a_weight, cn_a_bias, cn_c_weight, cn_c_bias, X, A, C)
         ctx.tensor_size, ctx.mem_conv = tensor_size, mem_conv
         return y, h, c
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh, dc):
-        x, weight_x, weight_h, cn_a_weight, cn_a_bias, cn_c_weight, cn_c_bias, X, A, C = ctx.saved_tensors
-        grads = load_extension().backward(dy, dh, dc, x, weight_x, weight_h, cn_a_weight, cn_a_bias, cn_c_weight,
+        x, weight_x, weight_h, bias_h, cn_a_weight, cn_a_bias, cn_c_weight, cn_c_bias, X, A, C = ctx.saved_tensors
+        grads = load_extension().backward(dy, dh, dc, x, weight_x, weight_h, bias_h, cn_a_weight, cn_a_bias, cn_c_weight,
                                           cn_c_bias, X, A, C, ctx.tensor_size, ctx.mem_conv)
         cn_grads = grads[7:] if cn_a_weight is not None else [None] * 4
         return (*grads[:7], *cn_grads, None, None)
