@@ -181,6 +181,8 @@ def test_step_product_paths_match_naive(case, rng_seed):
     try:
         torch.set_num_threads(2)  # the split cases need two threads, whatever this machine has
         got = _run(fused, x, h0, c0)
+        # small steps run the operator on one thread; the caller's thread count comes back after
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
     tol = 1e-5 if dtype == torch.float32 else 1e-10
