@@ -19,6 +19,7 @@ from pathlib import Path
 
 import implementations
 
+from .contract import format_seconds
 from .sweep import SweepError, load_sweep, shipped_sweeps
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -113,19 +114,9 @@ def summary_table(df) -> str:
     header = f"{'median time per step':<30}" + "".join(f"{label}={int(c):<9}" for c in table.columns)
     lines = [header]
     for (impl, mode), row in table.iterrows():
-        cells = "".join(f"{_fmt_time(v):<11}" for v in row)
+        cells = "".join(f"{format_seconds(v):<11}" for v in row)
         lines.append(f"{impl + ' ' + mode:<30}{cells}")
     return "\n".join(lines)
-
-
-def _fmt_time(seconds: float) -> str:
-    if seconds != seconds:  # NaN: no ok point in this cell
-        return "-"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f}us"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f}ms"
-    return f"{seconds:.2f}s"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -188,9 +179,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if args.results is not None:
             frames.append(results.load(args.results))
         if args.pytest_benchmark is not None:
-            from . import pbjson
+            from . import pytest_benchmark_file
 
-            frames.append(pbjson.load(args.pytest_benchmark))
+            frames.append(pytest_benchmark_file.load(args.pytest_benchmark))
     except (FileNotFoundError, ValueError) as exc:
         _error(str(exc))
         return EXIT_USAGE
@@ -249,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("results", nargs="?", help="a results directory or results.jsonl")
     p_report.add_argument("--out", help="the HTML file to write (default: report.html beside the results)")
     p_report.add_argument("--pytest-benchmark", metavar="FILE.json",
-                          help="also include a pytest-benchmark JSON file (bench.pbjson.load)")
+                          help="also include a pytest-benchmark JSON file (bench.pytest_benchmark_file.load)")
     p_report.set_defaults(func=_cmd_report)
     return parser
 

@@ -7,14 +7,23 @@ naming this folder); the grids and the benchmark itself in ``bench/test_benchmar
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
-from bench import pytest_plugin
+from bench import measure, pytest_plugin
+from bench.contract import Point
 
 
 @pytest.fixture
-def slowdown_s(request: pytest.FixtureRequest, point: dict[str, Any]) -> float:
+def slowdown_s(request: pytest.FixtureRequest, point: Point) -> float:
     """Seconds of deliberate sleep per timed call for this point's implementation (``--tlstm-slowdown``)."""
-    return pytest_plugin.slowdown_for(request.config, point["impl"])
+    return pytest_plugin.slowdown_for(request.config, point.impl)
+
+
+@pytest.fixture
+def benchmark_threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    """torch's intra-op threads set to the sweep's budget.threads for one benchmark, restored after."""
+    threads = pytest_plugin.benchmark_threads(request.config)
+    with measure.torch_threads(threads):
+        yield threads

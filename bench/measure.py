@@ -5,36 +5,38 @@ use the pieces directly::
 
     model, x = build_point(point)                      # seeded weights and input
     ok, max_err, message = check_correctness(point, model, x)
-    fn = make_call(model, x, point["mode"], point["device"])   # synchronizes the device inside
-    mem = memory(model, x, point["mode"], point["device"])     # a separate, untimed pass
-    samples = time_calls(fn, repeats=5, warmup=2, device=point["device"])
+    fn = make_call(model, x, point.mode, point.device)   # synchronizes the device inside
+    mem = memory(model, x, point.mode, point.device)     # a separate, untimed pass
+    samples = time_calls(fn, repeats=5, warmup=2, device=point.device)
     row = metrics(point, samples, model=model, x=x, memory_stats=mem)
 
-``point`` is a results-contract ``config`` dict (see ``bench.sweep.Sweep.points``). Sizes: B batch,
-T sequence length, R input size, M channels, P tensor size, K kernel size, L depth, G gate channels.
+``point`` is a ``bench.contract.Point`` (see ``bench.sweep.Sweep.points``). Sizes: B batch, T sequence
+length, R input size, M channels, P tensor size, K kernel size, L depth, G gate channels.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import platform
 import socket
 import subprocess
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from glob import glob
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 import implementations
-from implementations import ModelConfig
 
-DTYPES = {
+from .contract import Point, point_timing_metrics
+
+TORCH_DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
     "bfloat16": torch.bfloat16,
@@ -46,29 +48,26 @@ GATE_TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "bfloat16": 5e-2, "float16"
 # TF32 keeps a 10-bit mantissa, so float32 on a GPU with TF32 allowed is judged as such.
 TF32_TOLERANCE = 2e-3
 GATE_MAX_SEQ_LEN = 16  # the gate needs every output to see the full depth, not a long sequence
-NOISY_IQR_RATIO = 0.10
 ENERGY_WINDOW_S = 1.0
 
 
-def model_config(point: dict[str, Any]) -> ModelConfig:
-    """The ModelConfig of a point: tLSTMs by tensor size (depth derived), stacked LSTMs by depth."""
-    norm = point.get("norm")
-    if point["family"] == "tlstm":
-        return ModelConfig(
-            point["input_size"], point["channels"], point["tensor_size"], point["kernel_size"],
-            point["mem_conv"], norm,
-        )
-    return ModelConfig(point["input_size"], point["channels"], None, point["kernel_size"], point["mem_conv"], norm,
-                       depth=point["depth"])
+def unavailable_reason(point: Point) -> str | None:
+    """None if the point's implementation can run on its device and dtype, else why not."""
+    impl = implementations.get(point.impl)
+    reason = impl.unavailable_reason(point.device)
+    if reason is None and not impl.supports_dtype(TORCH_DTYPES[point.dtype]):
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in impl.dtypes)
+        reason = f"dtype {point.dtype} is not supported by {point.impl}; allowed: {allowed}"
+    return reason
 
 
-def build_point(point: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
-    """The point's model and input x [B, T, R], both drawn from ``point["seed"]``."""
-    device, dtype = torch.device(point["device"]), DTYPES[point["dtype"]]
-    torch.manual_seed(point["seed"])
-    model = implementations.build(point["impl"], model_config(point), device=device, dtype=dtype)
-    generator = torch.Generator().manual_seed(point["seed"] + 1)
-    x = torch.randn(point["batch"], point["seq_len"], point["input_size"], generator=generator)  # [B, T, R]
+def build_point(point: Point) -> tuple[nn.Module, torch.Tensor]:
+    """The point's model and input x [B, T, R], both drawn from ``point.seed``."""
+    device, dtype = torch.device(point.device), TORCH_DTYPES[point.dtype]
+    torch.manual_seed(point.seed)
+    model = implementations.build(point.impl, point.model_config(), device=device, dtype=dtype)
+    generator = torch.Generator().manual_seed(point.seed + 1)
+    x = torch.randn(point.batch, point.seq_len, point.input_size, generator=generator)  # [B, T, R]
     return model, x.to(device=device, dtype=dtype)
 
 
@@ -76,6 +75,18 @@ def _grad_output(y: torch.Tensor, seed: int) -> torch.Tensor:
     """A fixed random upstream gradient dL/dy, so that every output element matters to the backward."""
     generator = torch.Generator().manual_seed(seed + 2)
     return torch.randn(y.shape, generator=generator, dtype=torch.float64).to(device=y.device, dtype=y.dtype)
+
+
+@contextmanager
+def torch_threads(threads: int):
+    """torch's intra-op thread count set to ``threads`` (0: left as it is) inside the block, restored after."""
+    previous = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _sync(device: torch.device | str) -> Callable[[], None]:
@@ -107,12 +118,12 @@ def _native_lstm():
             yield
 
 
-def _reference(point: dict[str, Any], model: nn.Module) -> tuple[nn.Module, torch.device, Any]:
+def _reference(point: Point, model: nn.Module) -> tuple[nn.Module, torch.device, Any]:
     """A float64 reference with the model's weights: tlstm_naive for tLSTMs (on the point's device),
     the native (non-oneDNN, non-cuDNN) torch.nn.LSTM on the CPU for stacked LSTMs."""
-    config = model_config(point)
-    if point["family"] == "tlstm":
-        device = torch.device(point["device"])
+    config = point.model_config()
+    if point.family == "tlstm":
+        device = torch.device(point.device)
         reference = implementations.build("tlstm_naive", config, device=device, dtype=torch.float64)
         context = nullcontext()
     else:
@@ -126,7 +137,7 @@ def _reference(point: dict[str, Any], model: nn.Module) -> tuple[nn.Module, torc
 
 
 def check_correctness(
-    point: dict[str, Any], model: nn.Module | None = None, x: torch.Tensor | None = None
+    point: Point, model: nn.Module | None = None, x: torch.Tensor | None = None
 ) -> tuple[bool, float, str]:
     """Compare the point's implementation with a float64 reference on the same weights.
 
@@ -136,7 +147,7 @@ def check_correctness(
     """
     if model is None or x is None:
         model, x = build_point(point)
-    training = point["mode"] == "training"
+    training = point.mode == "training"
     x = x[:, :GATE_MAX_SEQ_LEN].detach()  # [B, T', R]
     reference, ref_device, context = _reference(point, model)
     x_ref = x.to(device=ref_device, dtype=torch.float64)
@@ -148,7 +159,7 @@ def check_correctness(
             out = {"y": y, "h": h, "c": c}
             if training:
                 params = dict(module.named_parameters())
-                grads = torch.autograd.grad((y * _grad_output(y, point["seed"])).sum(), [inputs, *params.values()])
+                grads = torch.autograd.grad((y * _grad_output(y, point.seed)).sum(), [inputs, *params.values()])
                 out["grad x"] = grads[0]
                 out.update({f"grad {name}": g for name, g in zip(params, grads[1:])})
         return {k: v.detach() for k, v in out.items()}
@@ -156,7 +167,7 @@ def check_correctness(
     got = run(model, x, nullcontext())
     want = run(reference, x_ref, context)
     model.zero_grad(set_to_none=True)
-    tol, note = gate_tolerance(point["dtype"], point["device"])
+    tol, note = gate_tolerance(point.dtype, point.device)
     missing = sorted(set(want) - set(got))
     if missing:
         return False, math.nan, f"gate: the implementation has no {missing} to compare with the reference"
@@ -172,7 +183,7 @@ def check_correctness(
         max_err = max(max_err, err)
         if ratio >= worst_ratio:
             worst_name, worst_ratio = name, ratio
-    reference_name = "tlstm_naive float64" if point["family"] == "tlstm" else "native nn.LSTM float64"
+    reference_name = "tlstm_naive float64" if point.family == "tlstm" else "native nn.LSTM float64"
     summary = (f"gate vs {reference_name}: worst {worst_name}, max|err|/(1+max|ref|) = {worst_ratio:.3g}, "
                f"tolerance {tol:g}{note}")
     return worst_ratio <= tol, max_err, summary
@@ -248,24 +259,6 @@ def time_calls(
 # cost, memory, energy
 
 
-def flops(point: dict[str, Any]) -> int:
-    """FLOPs of one call (the whole batch and sequence) from the cost formulas in the README (matrix work only).
-
-    tLSTM forward per sample: 2*R*M per input step (T steps) + 2*P*K*M*G per step (T+L-1 steps).
-    Stacked LSTM forward per sample: (2*4M*(R+M) + (L-1)*2*4M*2M) per step, T steps.
-    Training adds a backward of about twice the forward's matrix work: 3x in all.
-    """
-    config = model_config(point)
-    r, m, seq_len, depth = config.input_size, config.channels, point["seq_len"], config.layers
-    if point["family"] == "tlstm":
-        p, k, g = config.tensor_size, config.kernel_size, config.gate_channels
-        forward = 2 * r * m * seq_len + 2 * p * k * m * g * (seq_len + depth - 1)
-    else:
-        forward = (2 * 4 * m * (r + m) + (depth - 1) * 2 * 4 * m * 2 * m) * seq_len
-    forward *= point["batch"]
-    return 3 * forward if point["mode"] == "training" else forward
-
-
 def _reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark (VmHWM) so it covers one point, not the worker's lifetime."""
     try:
@@ -276,15 +269,24 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_bytes() -> int | None:
-    """This process's peak resident set size (VmHWM; getrusage's ru_maxrss where /proc is missing)."""
+def proc_field(path: str, name: str) -> str | None:
+    """The value of the first ``name: value`` line of a /proc file (None where it is absent or unreadable)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
+    return None
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident set size (VmHWM; getrusage's ru_maxrss where /proc is missing)."""
+    vm_hwm = proc_field("/proc/self/status", "VmHWM")  # "123456 kB"
+    if vm_hwm is not None:
+        return int(vm_hwm.split()[0]) * 1024
     try:
         import resource
 
@@ -359,7 +361,8 @@ def energy_probe(device: torch.device | str) -> tuple[Callable[[], float] | None
     return read, "RAPL package counters (whole CPU package, other processes included)"
 
 
-def energy(fn: Callable[[], None], device: torch.device | str, window_s: float = ENERGY_WINDOW_S) -> tuple[float | None, str]:
+def energy(fn: Callable[[], None], device: torch.device | str,
+           window_s: float = ENERGY_WINDOW_S) -> tuple[float | None, str]:
     """Joules per call, from the energy counter over a window of at least ``window_s`` seconds of calls."""
     read, note = energy_probe(device)
     if read is None:
@@ -378,14 +381,8 @@ def energy(fn: Callable[[], None], device: torch.device | str, window_s: float =
 # metrics and the whole point
 
 
-def _quantile(sorted_values: list[float], q: float) -> float:
-    pos = (len(sorted_values) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
 def metrics(
-    point: dict[str, Any],
+    point: Point,
     samples: list[float],
     *,
     model: nn.Module | None = None,
@@ -396,12 +393,11 @@ def metrics(
     max_abs_err: float | None = None,
 ) -> dict[str, Any]:
     """The results contract's ``metrics`` for a point from its raw samples (seconds per call)."""
-    config = model_config(point)
     row: dict[str, Any] = {
         "params": sum(p.numel() for p in model.parameters()) if model is not None else None,
-        "hidden_size": (point["tensor_size"] if point["family"] == "tlstm" else config.layers) * point["channels"],
+        "hidden_units": point.hidden_units,
         "backend": implementations.backend_name(model, x) if model is not None and x is not None else None,
-        "flops": flops(point),
+        "flops": point.flops(),
         "max_abs_err": max_abs_err,
         "energy_j": energy_j,
         "energy_note": energy_note,
@@ -410,40 +406,28 @@ def metrics(
         "rss_peak_bytes": None,
     }
     row.update(memory_stats or {})
-    if samples:
-        ordered = sorted(samples)
-        median, q1, q3 = _quantile(ordered, 0.5), _quantile(ordered, 0.25), _quantile(ordered, 0.75)
-        row.update(
-            time_median_s=median,
-            time_q1_s=q1,
-            time_q3_s=q3,
-            time_iqr_s=q3 - q1,
-            noisy=(q3 - q1) / median > NOISY_IQR_RATIO if median > 0 else True,
-            time_per_step_s=median / point["seq_len"],
-            throughput_tokens_s=point["batch"] * point["seq_len"] / median if median > 0 else None,
-            gflops=row["flops"] / median / 1e9 if median > 0 else None,
-        )
+    row.update(point_timing_metrics(point, samples))
     return row
 
 
 def measure_point(
-    point: dict[str, Any], *, energy_window_s: float | None = ENERGY_WINDOW_S, min_time_s: float = 0.0
+    point: Point, *, energy_window_s: float | None = ENERGY_WINDOW_S, min_time_s: float = 0.0
 ) -> dict[str, Any]:
-    """Gate, memory pass, warm-up, timing (``point["repeats"]`` calls at least, ``min_time_s`` of timed
+    """Gate, memory pass, warm-up, timing (``point.repeats`` calls at least, ``min_time_s`` of timed
     calls at least) and energy for one point.
 
     Returns {"status": "ok" | "incorrect", "message", "samples_s", "metrics"}. Errors (out of memory,
     unavailable, anything else) propagate for the caller to classify.
     """
-    device = point["device"]
+    device = point.device
     model, x = build_point(point)
     ok, max_err, message = check_correctness(point, model, x)
     if not ok:
         return {"status": "incorrect", "message": message, "samples_s": [],
                 "metrics": metrics(point, [], model=model, x=x, max_abs_err=max_err)}
-    fn = make_call(model, x, point["mode"], device)
-    memory_stats = memory(model, x, point["mode"], device)  # also the first warm-up call
-    samples = time_calls(fn, point["repeats"], point["warmup"], device, min_time_s)
+    fn = make_call(model, x, point.mode, device)
+    memory_stats = memory(model, x, point.mode, device)  # also the first warm-up call
+    samples = time_calls(fn, point.repeats, point.warmup, device, min_time_s)
     if energy_window_s:
         energy_j, energy_note = energy(fn, device, energy_window_s)
     else:
@@ -466,8 +450,8 @@ def matmul_gflops(device: torch.device | str, dtypes: list[str], seconds_per_sha
     for name in dict.fromkeys(["float32", *dtypes]):
         best = 0.0
         for n in sizes:
-            a = torch.randn(n, n, device=device).to(DTYPES[name])
-            b = torch.randn(n, n, device=device).to(DTYPES[name])
+            a = torch.randn(n, n, device=device).to(TORCH_DTYPES[name])
+            b = torch.randn(n, n, device=device).to(TORCH_DTYPES[name])
             torch.mm(a, b)
             sync()
             calls, t0 = 0, time.perf_counter()
@@ -480,15 +464,17 @@ def matmul_gflops(device: torch.device | str, dtypes: list[str], seconds_per_sha
     return rates
 
 
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
+# The instruction sets that decide which CPU kernels run (oneDNN, MKL, the fused operator's own).
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags() -> list[str] | None:
+    """Which of ``CPU_FLAGS`` this CPU reports (None where /proc/cpuinfo cannot be read)."""
+    flags = proc_field("/proc/cpuinfo", "flags")
+    if flags is None:
+        return None
+    present = set(flags.split())
+    return [flag for flag in CPU_FLAGS if flag in present]
 
 
 def _gpu_model() -> str | None:
@@ -502,6 +488,13 @@ def _gpu_model() -> str | None:
         return name.decode() if isinstance(name, bytes) else name
     except Exception:
         return torch.cuda.get_device_name(0)
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def git_commit() -> str | None:
@@ -529,7 +522,10 @@ def environment(devices: list[str], dtypes: list[str]) -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": cudnn,
-        "cpu_model": _cpu_model(),
+        "triton": _version("triton"),
+        "cpu_model": proc_field("/proc/cpuinfo", "model name") or platform.processor() or None,
+        "cpu_flags": cpu_flags(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "gpu_model": _gpu_model(),
         "threads": torch.get_num_threads(),
         "git_commit": git_commit(),

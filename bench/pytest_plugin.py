@@ -2,11 +2,11 @@
 
 Loaded for every run in this repository through ``addopts = "-p bench.pytest_plugin"`` in
 pyproject.toml, not from ``bench/conftest.py``: pytest reads the options of a sub-folder's conftest
-only when that folder is named on the command line, so ``pytest --benchmark-only --tlstm-grid paper``
+only when that folder is named on the command line, so ``pytest --benchmark-only --tlstm-sweep paper``
 would otherwise stop with "unrecognized arguments".
 
-    pytest --benchmark-only                         # every registered implementation, quick grid
-    pytest --benchmark-only --tlstm-grid default --tlstm-impl 'tlstm_*' --tlstm-impl lstm_cudnn
+    pytest --benchmark-only                         # the quick sweep's points, every implementation
+    pytest --benchmark-only --tlstm-sweep depth --tlstm-impl 'tlstm_*' --tlstm-impl lstm_cudnn
     pytest --benchmark-only --benchmark-save=base   # later: --benchmark-compare --benchmark-compare-fail=median:5%
 
 Collection rules (CI runs plain ``pytest`` and must not spend minutes timing):
@@ -18,7 +18,6 @@ Collection rules (CI runs plain ``pytest`` and must not spend minutes timing):
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import math
 import shlex
@@ -28,12 +27,12 @@ from typing import Any
 import pytest
 import torch
 
-import implementations
+from bench.contract import DTYPES, Point
+from bench.sweep import Sweep, SweepError, load_sweep, shipped_sweeps
 
 BENCH_DIR = Path(__file__).resolve().parent
-GRID_NAMES = ("tiny", "quick", "default", "paper")  # the grids themselves: bench/test_benchmarks.py
+DEFAULT_SWEEP = "quick"
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("float32", "float64", "bfloat16", "float16")
 # Environment fields that change from run to run; kept out of machine_info, which pytest-benchmark
 # compares between runs and warns about on any difference.
 UNSTABLE_ENV_FIELDS = ("matmul_gflops", "git_commit")
@@ -42,11 +41,20 @@ UNSTABLE_ENV_FIELDS = ("matmul_gflops", "git_commit")
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("tlstm-bench", "tlstm-bench benchmarks (bench/)")
     group.addoption(
+        "--tlstm-sweep",
         "--tlstm-grid",
-        default="quick",
-        choices=GRID_NAMES,
-        help="size grid: tiny (CI smoke run, seconds), quick (default; under 5 minutes on 2 CPU cores), "
-        "default, paper (depths 1, 4, 7, 10 as in the paper)",
+        dest="tlstm_sweep",
+        default=DEFAULT_SWEEP,
+        metavar="SWEEP",
+        help=f"the sweep whose points are benchmarked: a shipped sweep ({', '.join(shipped_sweeps())}) or a "
+        f"path to a .toml file (default {DEFAULT_SWEEP}; tiny is CI's smoke run, seconds)",
+    )
+    group.addoption(
+        "--tlstm-set",
+        action="append",
+        default=[],
+        metavar="AXIS=VALUES",
+        help="override an axis or setting of the sweep, as `tlstm-bench run --set` (repeatable)",
     )
     group.addoption(
         "--tlstm-impl",
@@ -55,14 +63,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="NAME_OR_GLOB",
         help="benchmark only these registered implementations (repeatable, or a comma list; globs allowed)",
     )
-    group.addoption("--tlstm-device", default="auto", choices=DEVICES, help="auto: cuda if available, else cpu")
-    group.addoption("--tlstm-dtype", default="float32", choices=DTYPES, help="parameter and input dtype")
+    group.addoption("--tlstm-device", default=None, choices=DEVICES, help="override the sweep's device axis")
+    group.addoption("--tlstm-dtype", default=None, choices=DTYPES, help="override the sweep's dtype axis")
     group.addoption(
         "--tlstm-threads",
         default=None,
         metavar="N",
-        help="torch CPU threads (torch.set_num_threads); default: torch's own choice. On a machine shared "
-        "with other work, 1 gives far steadier CPU timings (oneDNN's thread pool stalls when oversubscribed)",
+        help="torch CPU threads while benchmarking (default: the sweep's budget.threads; 0 = torch's own "
+        "choice). On a machine shared with other work, 1 gives far steadier CPU timings",
     )
     group.addoption(
         "--tlstm-slowdown",
@@ -77,25 +85,42 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # --- options, validated where they enter ---------------------------------------------------------
 
 
-def selected_implementations(config: pytest.Config) -> list[str]:
-    """Registered names matching ``--tlstm-impl`` (all when not given); a pattern matching nothing is an error."""
+def _overrides(config: pytest.Config) -> list[str]:
+    """The --tlstm-* options as the sweep's ``--set`` overrides."""
+    overrides = list(config.getoption("tlstm_set"))
     patterns = [p.strip() for value in config.getoption("tlstm_impl") for p in value.split(",") if p.strip()]
-    known = implementations.names()
-    if not patterns:
-        return known
-    for pattern in patterns:
-        if not fnmatch.filter(known, pattern):
-            raise pytest.UsageError(
-                f"--tlstm-impl {pattern!r} matches no registered implementation; registered: {', '.join(known)}"
-            )
-    return implementations.names(patterns)
+    if patterns:
+        overrides.append("implementations=" + ",".join(patterns))
+    for option, axis in (("tlstm_device", "device"), ("tlstm_dtype", "dtype")):
+        if config.getoption(option) is not None:
+            overrides.append(f"{axis}={config.getoption(option)}")
+    threads = config.getoption("tlstm_threads")
+    if threads is not None:
+        overrides.append(f"threads={threads}")
+    return overrides
 
 
-def selected_device(config: pytest.Config) -> torch.device:
-    choice = config.getoption("tlstm_device")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
+@functools.cache
+def _sweep(name: str, overrides: tuple[str, ...]) -> Sweep:
+    try:
+        return load_sweep(name, list(overrides))
+    except SweepError as exc:
+        raise pytest.UsageError(f"--tlstm-sweep {name}: {exc}") from None
+
+
+def selected_sweep(config: pytest.Config) -> Sweep:
+    """The sweep named by ``--tlstm-sweep`` with the other ``--tlstm-*`` options applied."""
+    return _sweep(config.getoption("tlstm_sweep"), tuple(_overrides(config)))
+
+
+def selected_points(config: pytest.Config) -> list[Point]:
+    """The benchmarks' points: the selected sweep's, expanded as ``tlstm-bench run`` expands them."""
+    return selected_sweep(config).points()
+
+
+def benchmark_threads(config: pytest.Config) -> int:
+    """torch intra-op threads while benchmarking: the sweep's budget.threads, 0 = torch's default."""
+    return selected_sweep(config).budget["threads"]
 
 
 def slowdowns(config: pytest.Config) -> dict[str, float]:
@@ -116,30 +141,15 @@ def slowdowns(config: pytest.Config) -> dict[str, float]:
 
 def slowdown_for(config: pytest.Config, impl: str) -> float:
     """Seconds of deliberate sleep per timed call for ``impl`` (0 unless ``--tlstm-slowdown`` matches it)."""
+    import fnmatch
+
     return sum(seconds for pattern, seconds in slowdowns(config).items() if fnmatch.fnmatchcase(impl, pattern))
-
-
-def cpu_threads(config: pytest.Config) -> int | None:
-    """``--tlstm-threads`` as an integer >= 1, or None when not given."""
-    value = config.getoption("tlstm_threads")
-    if value is None:
-        return None
-    try:
-        threads = int(value)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        raise pytest.UsageError(f"--tlstm-threads must be an integer >= 1, got {value!r}")
-    return threads
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # A bad option fails here, before collection, with the allowed values.
-    selected_implementations(config)
+    selected_sweep(config)
     slowdowns(config)
-    threads = cpu_threads(config)
-    if threads is not None:
-        torch.set_num_threads(threads)  # before anything runs, so machine_info records it
     if config.getoption("tlstm_device") == "cuda" and not torch.cuda.is_available():
         raise pytest.UsageError("--tlstm-device cuda: no CUDA GPU is available here; allowed here: auto, cpu")
 
@@ -179,15 +189,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 @functools.cache
-def _environment(device_type: str, dtype: str) -> dict[str, Any]:
+def _environment(devices: tuple[str, ...], dtypes: tuple[str, ...], threads: int) -> dict[str, Any]:
     from bench import measure  # imported late: plain CI runs never need it
 
-    return measure.environment([device_type], [dtype])
+    with measure.torch_threads(threads):
+        return measure.environment(list(devices), list(dtypes))
 
 
 def run_environment(config: pytest.Config) -> dict[str, Any]:
-    """The results contract's ``env`` for this run (``bench.measure.environment``, matmul rate measured once)."""
-    return _environment(selected_device(config).type, config.getoption("tlstm_dtype"))
+    """The results contract's ``env`` for this run (``bench.measure.environment``, matmul rate measured
+    once, with the threads the benchmarks use)."""
+    points = selected_points(config)
+    return _environment(tuple(sorted({p.device for p in points})), tuple(sorted({p.dtype for p in points})),
+                        benchmark_threads(config))
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
@@ -196,13 +210,10 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict[str, Any]) -> None:
-    # bench.pbjson reads this section: the reproducing command, the grid and the full environment.
+    # bench.pytest_benchmark_file reads this section: the reproducing command, the sweep and the full environment.
     output_json["tlstm_bench"] = {
         "command": shlex.join(["pytest", *config.invocation_params.args]),
-        "grid": config.getoption("tlstm_grid"),
-        "implementations": selected_implementations(config),
-        "device": str(selected_device(config)),
-        "dtype": config.getoption("tlstm_dtype"),
+        "sweep": selected_sweep(config).as_dict(),
         "slowdown": slowdowns(config),
         "env": run_environment(config),
     }

@@ -15,18 +15,10 @@ from typing import Any
 
 import pandas as pd
 
+from .contract import record_row, results_frame
+
 RESULTS_FILE = "results.jsonl"
 SWEEP_FILE = "sweep.json"
-STATUSES = ("ok", "incorrect", "oom", "crashed", "timeout", "unavailable", "error")
-CONFIG_FIELDS = (
-    "impl", "family", "tensor_size", "depth", "seq_len", "batch", "channels", "input_size", "kernel_size",
-    "mem_conv", "norm", "dtype", "mode", "device", "repeats", "warmup", "seed",
-)
-METRIC_FIELDS = (
-    "params", "hidden_size", "backend", "time_median_s", "time_q1_s", "time_q3_s", "time_iqr_s", "noisy",
-    "time_per_step_s", "throughput_tokens_s", "flops", "gflops", "peak_mem_bytes", "saved_bytes",
-    "rss_peak_bytes", "energy_j", "energy_note", "max_abs_err",
-)
 
 
 def results_path(path: str | os.PathLike) -> Path:
@@ -92,41 +84,29 @@ def append(path: str | os.PathLike, record: dict[str, Any]) -> None:
 
 
 def load(path: str | os.PathLike) -> pd.DataFrame:
-    """The results as a tidy DataFrame: one row per point.
+    """The results as a tidy DataFrame: one row per point, columns ``bench.contract.COLUMNS``.
 
-    Columns: every config field, "status", "message", every metrics field, "samples_s" (a list),
-    "key", "sweep", "index", "started_at". ``df.attrs["env"]`` is the environment of the first point
-    (``df.attrs["envs"]`` lists them all when a resumed run changed machine or versions);
-    ``df.attrs["sweep"]`` is ``sweep.json`` from the same directory ({} if absent).
+    Records of an earlier schema are upgraded (``bench.contract.upgrade``). ``df.attrs["env"]`` is the
+    environment of the first point (``df.attrs["envs"]`` lists them all when a resumed run changed
+    machine or versions); ``df.attrs["sweep"]`` is ``sweep.json`` from the same directory ({} if absent).
     Missing metrics are None/NaN. If a point appears twice, the last line wins.
     """
     path = results_path(path)
     if not path.exists():
         raise FileNotFoundError(f"no results file at {path}")
     records = read_records(path)
-    rows = []
-    for record in records:
-        config, metrics = record.get("config", {}), record.get("metrics") or {}
-        row = {name: config.get(name) for name in CONFIG_FIELDS}
-        row["status"] = record.get("status")
-        row["message"] = record.get("message", "")
-        row.update({name: metrics.get(name) for name in METRIC_FIELDS})
-        row["samples_s"] = list(record.get("samples_s") or [])
-        for name in ("key", "sweep", "index", "started_at"):
-            row[name] = record.get(name)
-        rows.append(row)
-    columns = [*CONFIG_FIELDS, "status", "message", *METRIC_FIELDS, "samples_s", "key", "sweep", "index", "started_at"]
-    df = pd.DataFrame(rows, columns=columns)
-    if len(df):
-        df = df.drop_duplicates("key", keep="last").sort_values("index", kind="stable").reset_index(drop=True)
     envs: list[dict[str, Any]] = []
     for record in records:
         env = record.get("env") or {}
         if env not in envs:
             envs.append(env)
-    df.attrs["env"] = envs[0] if envs else {}
+    sweep_file = path.parent / SWEEP_FILE
+    sweep = json.loads(sweep_file.read_text()) if sweep_file.exists() else {}
+    df = results_frame([record_row(r) for r in records], envs[0] if envs else {}, sweep)
+    if len(df):
+        attrs = df.attrs
+        df = df.drop_duplicates("key", keep="last").sort_values("index", kind="stable").reset_index(drop=True)
+        df.attrs = attrs
     if len(envs) > 1:
         df.attrs["envs"] = envs
-    sweep_file = path.parent / SWEEP_FILE
-    df.attrs["sweep"] = json.loads(sweep_file.read_text()) if sweep_file.exists() else {}
     return df

@@ -20,13 +20,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import results
-from .sweep import Sweep, describe_point, point_key
+from .contract import Point, make_record
+from .sweep import Sweep
 
 WORKER_STARTUP_TIMEOUT_S = 180.0
 ENV_TIMEOUT_S = 300.0
@@ -154,7 +156,7 @@ class RunSummary:
     wall_s: float = 0.0
 
 
-ProgressFn = Callable[[int, int, dict[str, Any], str | None, float], None]
+ProgressFn = Callable[[int, int, Point, str | None, float], None]
 
 
 class Runner:
@@ -178,20 +180,20 @@ class Runner:
             self.worker.close()
             self.worker = None
 
-    def environment(self, points: list[dict[str, Any]]) -> dict[str, Any]:
+    def environment(self, points: list[Point]) -> dict[str, Any]:
         """Measured once per run, in a worker, on the devices and dtypes the points use."""
         if self.env is None:
-            devices = sorted({p["device"] for p in points})
-            dtypes = sorted({p["dtype"] for p in points})
+            devices = sorted({p.device for p in points})
+            dtypes = sorted({p.dtype for p in points})
             self.env = self._worker().request({"op": "env", "devices": devices, "dtypes": dtypes}, ENV_TIMEOUT_S)["env"]
         return self.env
 
-    def run_point(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The worker's reply for one point, or a ``timeout`` / ``crashed`` row when it has none."""
+    def request_point(self, point: Point) -> dict[str, Any]:
+        """The worker's reply for one point, or a ``timeout`` / ``crashed`` reply when it has none."""
         timeout_s = self.sweep.budget["timeout_s"]
         worker = self._worker()
         try:
-            request = {"op": "point", "config": config, "energy": self.sweep.budget["energy"],
+            request = {"op": "point", "config": point.as_dict(), "energy": self.sweep.budget["energy"],
                        "min_time_s": self.sweep.budget["min_time_s"]}
             return worker.request(request, timeout_s)
         except WorkerTimeout:
@@ -207,38 +209,29 @@ class Runner:
             return {"status": "crashed", "message": message + (f"; its last output: {tail}" if tail else ""),
                     "samples_s": [], "metrics": {}}
 
-    def run(self, points: list[dict[str, Any]], *, resume: bool, progress: ProgressFn | None = None) -> RunSummary:
+    def run(self, points: list[Point], *, resume: bool, progress: ProgressFn | None = None) -> RunSummary:
         """Measure every point not yet in the results file; append each result as it comes."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / results.RESULTS_FILE
         done = {record["key"] for record in results.repair(path)} if resume else set()
-        todo = [(i, p) for i, p in enumerate(points) if point_key(p) not in done]
+        todo = [(i, p) for i, p in enumerate(points) if p.key not in done]
         summary = RunSummary(self.out_dir, total=len(points), skipped=len(points) - len(todo))
         started = time.monotonic()
         try:
             if todo:
                 env = self.environment([p for _, p in todo])
-            for n, (index, config) in enumerate(todo):
+            for n, (index, point) in enumerate(todo):
                 if progress:
-                    progress(n, len(todo), config, None, time.monotonic() - started)
+                    progress(n, len(todo), point, None, time.monotonic() - started)
                 started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                reply = self.run_point(config)
-                record = {
-                    "key": point_key(config),
-                    "sweep": self.sweep.name,
-                    "index": index,
-                    "config": config,
-                    "status": reply["status"],
-                    "message": reply.get("message", ""),
-                    "samples_s": reply.get("samples_s", []),
-                    "metrics": reply.get("metrics", {}),
-                    "env": env,
-                    "started_at": started_at,
-                }
+                reply = self.request_point(point)
+                record = make_record(point, status=reply["status"], message=reply.get("message", ""),
+                                     samples_s=reply.get("samples_s", []), metrics=reply.get("metrics", {}), env=env,
+                                     sweep=self.sweep.name, index=index, started_at=started_at)
                 results.append(path, record)
                 summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
                 if progress:
-                    progress(n + 1, len(todo), config, record["status"], time.monotonic() - started)
+                    progress(n + 1, len(todo), point, record["status"], time.monotonic() - started)
         finally:
             if self.worker is not None:
                 self.worker.close()
@@ -256,14 +249,14 @@ def progress_printer(stream=None) -> ProgressFn:
         seconds = int(seconds)
         return f"{seconds // 60}:{seconds % 60:02d}"
 
-    def show(done: int, total: int, config: dict[str, Any], status: str | None, elapsed: float) -> None:
+    def show(done: int, total: int, point: Point, status: str | None, elapsed: float) -> None:
         eta = fmt(elapsed / done * (total - done)) if done else "?"
         width = len(str(total))
         if status is None:
-            line = f"[{done + 1:>{width}}/{total}] {100 * done // total:3d}%  {describe_point(config)}  " \
+            line = f"[{done + 1:>{width}}/{total}] {100 * done // total:3d}%  {point.describe()}  " \
                    f"elapsed {fmt(elapsed)}  ETA {eta}"
         else:
-            line = f"[{done:>{width}}/{total}] {100 * done // total:3d}%  {describe_point(config)}  -> {status}  " \
+            line = f"[{done:>{width}}/{total}] {100 * done // total:3d}%  {point.describe()}  -> {status}  " \
                    f"elapsed {fmt(elapsed)}  ETA {eta}"
         if tty:
             stream.write("\r\033[K" + line + ("\n" if status is not None and status != "ok" else ""))

@@ -22,7 +22,7 @@ A sweep file (``bench/sweeps/*.toml`` or any path)::
     ...
 
 Data flow: ``load_sweep`` (file -> Sweep) -> ``Sweep.with_overrides`` (``--set``) -> ``Sweep.points()``
-(the cross product, one dict per point in the results contract's ``config`` shape) -> ``point_key``.
+(the cross product, one ``bench.contract.Point`` per implementation and combination of the axes).
 Every error raises :class:`SweepError` naming the file, the field and the allowed values.
 """
 
@@ -34,19 +34,20 @@ import hashlib
 import importlib
 import importlib.util
 import itertools
-import json
 import os
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
+from . import contract
+from .contract import DTYPES, MODES, Point
+
 SWEEPS_DIR = Path(__file__).parent / "sweeps"
 
-DTYPES = ("float32", "float64", "bfloat16", "float16")
-MODES = ("inference", "training")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", *contract.DEVICES)
 NORMS = ("none", "cn")
 PAIRS = ("depth", "params")
 
@@ -201,7 +202,7 @@ class Sweep:
     # -- construction -------------------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, name: str, source: str, base_dir: Path | None = None) -> "Sweep":
+    def from_dict(cls, data: dict[str, Any], *, name: str, source: str, base_dir: Path | None = None) -> Sweep:
         """Validate a parsed sweep file (everything except implementation names, see ``check_implementations``)."""
         unknown = sorted(set(data) - set(TOP_LEVEL))
         if unknown:
@@ -226,7 +227,8 @@ class Sweep:
             sweep._set_scalar(source, f"budget.{key}", value)
         axes = data.get("axes")
         if not isinstance(axes, dict):
-            raise SweepError(source, "axes", f"must be a table ([axes]) with {' or '.join(SIZE_AXES)}, got {_describe(axes)}")
+            raise SweepError(source, "axes",
+                             f"must be a table ([axes]) with {' or '.join(SIZE_AXES)}, got {_describe(axes)}")
         sweep.axes = {name: _check_axis(source, name, values) for name, values in axes.items()}
         sweep._check_sizes(source)
         return sweep
@@ -265,13 +267,14 @@ class Sweep:
                 source, "axes", f"give exactly one of tensor_size (P, tLSTM points) or depth (L); {which} given"
             )
 
-    def with_overrides(self, overrides: list[str]) -> "Sweep":
+    def with_overrides(self, overrides: list[str]) -> Sweep:
         """A copy with ``--set AXIS=VALUES`` applied (VALUES: a TOML value, a list, or comma-separated)."""
         sweep = copy.deepcopy(self)
         for text in overrides:
             source = f"--set {text}"
             if "=" not in text:
-                raise SweepError(source, "--set", "expected AXIS=VALUES, e.g. --set batch=[1,16] or --set dtype=bfloat16")
+                raise SweepError(source, "--set",
+                                 "expected AXIS=VALUES, e.g. --set batch=[1,16] or --set dtype=bfloat16")
             key, raw = (part.strip() for part in text.split("=", 1))
             value = parse_set_value(source, key, raw)
             if key in AXES:
@@ -325,8 +328,8 @@ class Sweep:
                 values[name] = default
         return values
 
-    def points(self, cuda_available: bool | None = None) -> list[dict[str, Any]]:
-        """The cross product of the axes and the implementations, as results-contract ``config`` dicts."""
+    def points(self, cuda_available: bool | None = None) -> list[Point]:
+        """The cross product of the axes and the implementations, implementations varying fastest."""
         import implementations
         from implementations import ModelConfig, lstm_param_count, tlstm_depth, tlstm_param_count
 
@@ -338,7 +341,7 @@ class Sweep:
         axes = self.axis_values()
         size_axis = "tensor_size" if "tensor_size" in axes else "depth"
         order = list(axes)
-        points: list[dict[str, Any]] = []
+        points: list[Point] = []
         for combo in itertools.product(*(axes[a] for a in order)):
             values = dict(zip(order, combo))
             device = values["device"]
@@ -355,34 +358,32 @@ class Sweep:
                 tensor_size = depth * (kernel_size // 2)
             for name in names:
                 family = implementations.get(name).family
-                config = {
-                    "impl": name,
-                    "family": family,
-                    "tensor_size": tensor_size,
-                    "depth": depth,
-                    "seq_len": values["seq_len"],
-                    "batch": values["batch"],
-                    "channels": channels,
-                    "input_size": values["input_size"],
-                    "kernel_size": kernel_size,
-                    "mem_conv": values["mem_conv"],
-                    "norm": norm,
-                    "dtype": values["dtype"],
-                    "mode": values["mode"],
-                    "device": device,
-                    "repeats": self.budget["repeats"],
-                    "warmup": self.budget["warmup"],
-                    "seed": self.seed,
-                }
-                if family == "lstm":
+                width = channels
+                if family == "lstm" and self.pair == "params":
+                    target = tlstm_param_count(
+                        ModelConfig(values["input_size"], channels, tensor_size, kernel_size, values["mem_conv"], norm)
+                    )
+                    width = width_for_params(values["input_size"], depth, target, lstm_param_count)
+                points.append(Point(
+                    impl=name,
+                    family=family,
                     # a stacked LSTM has no tensor size: it keeps P only when paired with a tLSTM's P
-                    config["tensor_size"] = tensor_size if size_axis == "tensor_size" else None
-                    if self.pair == "params":
-                        target = tlstm_param_count(
-                            ModelConfig(values["input_size"], channels, tensor_size, kernel_size, values["mem_conv"], norm)
-                        )
-                        config["channels"] = width_for_params(values["input_size"], depth, target, lstm_param_count)
-                points.append(config)
+                    tensor_size=tensor_size if family == "tlstm" or size_axis == "tensor_size" else None,
+                    depth=depth,
+                    seq_len=values["seq_len"],
+                    batch=values["batch"],
+                    channels=width,
+                    input_size=values["input_size"],
+                    kernel_size=kernel_size,
+                    mem_conv=values["mem_conv"],
+                    norm=norm,
+                    dtype=values["dtype"],
+                    mode=values["mode"],
+                    device=device,
+                    repeats=self.budget["repeats"],
+                    warmup=self.budget["warmup"],
+                    seed=self.seed,
+                ))  # fmt: skip
         return points
 
     def as_dict(self) -> dict[str, Any]:
@@ -450,18 +451,3 @@ def load_sweep(name_or_path: str, overrides: list[str] | None = None) -> Sweep:
         sweep = sweep.with_overrides(overrides)
     sweep.implementation_names()  # refuse unknown names now, before anything runs
     return sweep
-
-
-def point_key(config: dict[str, Any]) -> str:
-    """A stable hash of a point's full configuration: the identity ``--resume`` skips on."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def describe_point(config: dict[str, Any]) -> str:
-    """One short line for progress output."""
-    size = f"P={config['tensor_size']} " if config["tensor_size"] is not None else ""
-    return (
-        f"{config['impl']} {size}L={config['depth']} T={config['seq_len']} B={config['batch']} "
-        f"M={config['channels']} {config['dtype']} {config['mode']} {config['device']}"
-    )

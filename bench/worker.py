@@ -6,7 +6,8 @@ stderr (the runner's ``worker.log``), so nothing can corrupt the protocol.
 
 Requests and replies:
     {"op": "env", "devices": [...], "dtypes": [...]}   -> {"op": "env", "env": {...}}
-    {"op": "point", "config": {...}, "energy": bool, "min_time_s": float}   -> {"op": "result", "status", "message", "samples_s", "metrics"}
+    {"op": "point", "config": {...}, "energy": bool, "min_time_s": float}
+        -> {"op": "result", "status", "message", "samples_s", "metrics"}
 At start, once torch and the plugins are imported: {"op": "ready", "pid": ...}.
 
 Out of memory, unavailable implementations and exceptions become replies; a crash (segfault,
@@ -25,6 +26,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any, TextIO
+
+from bench.contract import Point
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -61,7 +64,7 @@ def _short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def run_point(config: dict[str, Any], energy: bool, min_time_s: float = 0.0) -> dict[str, Any]:
+def measure_and_classify(point: Point, energy: bool, min_time_s: float = 0.0) -> dict[str, Any]:
     """Measure one point and classify the outcome (ok / incorrect / oom / unavailable / error)."""
     import torch
 
@@ -70,16 +73,12 @@ def run_point(config: dict[str, Any], energy: bool, min_time_s: float = 0.0) -> 
 
     result: dict[str, Any] = {"samples_s": [], "metrics": {}}
     try:
-        impl = implementations.get(config["impl"])
-        reason = impl.unavailable_reason(config["device"])
-        if reason is None and not impl.supports_dtype(measure.DTYPES[config["dtype"]]):
-            allowed = ", ".join(str(d).removeprefix("torch.") for d in impl.dtypes)
-            reason = f"dtype {config['dtype']} is not supported by {config['impl']}; allowed: {allowed}"
+        reason = measure.unavailable_reason(point)
         if reason is not None:
             result.update(status="unavailable", message=reason)
         else:
             energy_window_s = measure.ENERGY_WINDOW_S if energy else None
-            result.update(measure.measure_point(config, energy_window_s=energy_window_s, min_time_s=min_time_s))
+            result.update(measure.measure_point(point, energy_window_s=energy_window_s, min_time_s=min_time_s))
     except implementations.ImplementationUnavailable as exc:
         result.update(status="unavailable", message=str(exc))
     except Exception as exc:  # classified, reported, and the worker goes on with the next point
@@ -114,9 +113,10 @@ def serve(requests: TextIO, replies: TextIO) -> None:
         if request["op"] == "env":
             send({"op": "env", "env": measure.environment(request["devices"], request["dtypes"])})
         elif request["op"] == "point":
-            config = request["config"]
-            print(f"--- point {config}", file=sys.stderr, flush=True)
-            send({"op": "result", **run_point(config, request.get("energy", True), request.get("min_time_s", 0.0))})
+            point = Point.from_dict(request["config"])
+            print(f"--- point {point.describe()}", file=sys.stderr, flush=True)
+            send({"op": "result", **measure_and_classify(point, request.get("energy", True),
+                                                         request.get("min_time_s", 0.0))})
         elif request["op"] == "exit":
             return
         else:

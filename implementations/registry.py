@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Callable, Iterable
 
 import torch
 from torch import nn

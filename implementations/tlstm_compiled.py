@@ -10,8 +10,9 @@ Two traps, handled here:
   silently runs eager. Building a model resets dynamo, and the step is compiled with
   ``fullgraph=True`` so that hitting the limit raises instead of quietly falling back.
 - Inductor's vectorized CPU code has been seen (torch 2.13) to give wrong gradients for a
-  conv1d-plus-softmax formulation of the memory-cell convolution. Nothing is hidden here: the registry's contract test and the
-  sweep's correctness gate compare this implementation with ``tlstm_naive``, output and gradients.
+  conv1d-plus-softmax formulation of the memory-cell convolution. Nothing is hidden here: the registry's
+  contract test and the sweep's correctness gate compare this implementation with ``tlstm_naive``, output
+  and gradients.
 """
 
 from __future__ import annotations

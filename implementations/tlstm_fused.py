@@ -82,7 +82,8 @@ def build_tlstm_fused(
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if dtype not in BACKEND_DTYPES[backend]:
         allowed = ", ".join(str(d).removeprefix("torch.") for d in BACKEND_DTYPES[backend])
-        raise ConfigError(f"dtype {str(dtype).removeprefix('torch.')} is not supported by the {backend} backend; allowed: {allowed}")
+        raise ConfigError(f"dtype {str(dtype).removeprefix('torch.')} is not supported by the {backend} backend; "
+                          f"allowed: {allowed}")
     if backend != default_backend(device):
         reason = _backend_module(backend).unavailable_reason(device)
         if reason is not None:

@@ -6,7 +6,7 @@ needed. It loads the HTML from disk, records console errors, uncaught exceptions
 any request that leaves the file (the report must need no network), checks that every image decoded,
 and saves a screenshot of the top of the page.
 
-    python -m reports.browser_check out/report.html --screenshot reports/screenshot.png
+    python -m reports.browser_check out/report.html --screenshot reports/examples/screenshot.png
 
 Exit status 0 when the page is clean, 1 when it is not, 2 when Chromium cannot be found or started
 (``reports/browser_check.sh`` installs Debian's chromium first).

@@ -1,4 +1,4 @@
-"""The paper's four claims (spec section 6) judged from a results frame, as plain structured verdicts.
+"""The paper's four claims (Wider, Deeper, Cheaper, Faster) judged from a results frame, as verdicts.
 
 Each judge takes a normalized frame (``reports.data.normalize``), looks only at ``status == "ok"``
 points (except Deeper, which also counts points that failed the correctness gate), and returns a
@@ -14,7 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from .data import fmt_int, fmt_time, ok_rows
+from bench.contract import format_seconds
+
+from .data import fmt_int, ok_rows
 
 HOLDS = "holds"
 PARTLY = "holds in part"
@@ -70,7 +72,7 @@ def judge_wider(df: pd.DataFrame) -> Claim:
         if len(sizes) < 2:
             continue
         params = _ints(group["params"])
-        per_p = group.groupby("tensor_size")["hidden_size"].median()
+        per_p = group.groupby("tensor_size")["hidden_units"].median()
         hidden = [per_p.get(float(p), math.nan) for p in sizes]
         hidden_grows = all(b > a for a, b in zip(hidden, hidden[1:]) if not (math.isnan(a) or math.isnan(b)))
         constant = len(params) == 1
@@ -79,7 +81,7 @@ def judge_wider(df: pd.DataFrame) -> Claim:
                 f"; hidden size {fmt_int(hidden[0])} → {fmt_int(hidden[-1])}")
         details.append(line)
         data.append({"impl": key[0], "variant": key[1], "channels": key[2], "tensor_sizes": sizes,
-                     "params": params, "hidden_sizes": hidden, "constant": constant, "hidden_grows": hidden_grows})
+                     "params": params, "hidden_units": hidden, "constant": constant, "hidden_grows": hidden_grows})
         if not (constant and hidden_grows):
             failures.append(where)
     lstm = ok[(ok["family"] == "lstm") & ok["params"].notna() & ok["depth"].notna()]
@@ -96,8 +98,9 @@ def judge_wider(df: pd.DataFrame) -> Claim:
         return Claim("Wider", FAILS, "parameter count changes with P (or hidden size does not grow) for "
                      + "; ".join(failures), rule, details, data)
     first = data[0]
-    evidence = (f"params constant at {fmt_int(first['params'][0])} for P = {', '.join(map(str, first['tensor_sizes']))} "
-                f"while hidden size grows {fmt_int(first['hidden_sizes'][0])} → {fmt_int(first['hidden_sizes'][-1])}"
+    evidence = (f"params constant at {fmt_int(first['params'][0])} "
+                f"for P = {', '.join(map(str, first['tensor_sizes']))} "
+                f"while hidden units grow {fmt_int(first['hidden_units'][0])} → {fmt_int(first['hidden_units'][-1])}"
                 + (f" (and in {len(data) - 1} more configuration(s))" if len(data) > 1 else ""))
     return Claim("Wider", HOLDS, evidence, rule, details, data)
 
@@ -128,7 +131,8 @@ def judge_deeper(df: pd.DataFrame) -> Claim:
                        f"{', '.join(map(str, _ints(group['depth'])))})")
     for _, row in mismatched.iterrows():
         details.append(f"{row['impl']}: depth {int(row['depth'])} recorded for P={int(row['tensor_size'])}, "
-                       f"K={int(row['kernel_size'])}, expected {math.ceil(row['tensor_size'] / (int(row['kernel_size']) // 2))}")
+                       f"K={int(row['kernel_size'])}, "
+                       f"expected {math.ceil(row['tensor_size'] / (int(row['kernel_size']) // 2))}")
     if len(incorrect) or len(mismatched):
         where = sorted(set(incorrect["impl"]) | set(mismatched["impl"]))
         return Claim("Deeper", FAILS, f"{len(incorrect)} tLSTM point(s) failed the correctness gate and "
@@ -149,31 +153,34 @@ def judge_cheaper(df: pd.DataFrame) -> Claim:
     ok = ok_rows(df)
     ok = ok[ok["params"].notna() & ok["depth"].notna()]
     keys = ["depth", "channels", "input_size"]
-    tl = ok[ok["family"] == "tlstm"].groupby(keys + ["impl", "variant"], dropna=False)["params"].median().reset_index()
-    ls = ok[ok["family"] == "lstm"].groupby(keys + ["impl"], dropna=False)["params"].median().reset_index()
-    if tl.empty or ls.empty:
+    tlstm_params = (ok[ok["family"] == "tlstm"].groupby(keys + ["impl", "variant"], dropna=False)["params"]
+                    .median().reset_index())
+    lstm_params = ok[ok["family"] == "lstm"].groupby(keys + ["impl"], dropna=False)["params"].median().reset_index()
+    if tlstm_params.empty or lstm_params.empty:
         return Claim("Cheaper", NOT_MEASURED, "needs tLSTM and stacked-LSTM points at the same depth and channels "
                      "(run `tlstm-bench run quick`)", rule)
-    merged = tl.merge(ls, on=keys, suffixes=("_tlstm", "_lstm"))
+    merged = tlstm_params.merge(lstm_params, on=keys, suffixes=("_tlstm", "_lstm"))
     if merged.empty:
         return Claim("Cheaper", NOT_MEASURED, "no tLSTM and stacked-LSTM points share depth, channels and input "
                      "size (run `tlstm-bench run quick`)", rule)
     details, data, failing = [], [], []
     judged = 0
-    for _, r in merged.sort_values(keys).iterrows():
-        ratio = r["params_tlstm"] / r["params_lstm"]
-        depth = int(r["depth"])
-        line = (f"L={depth}, M={int(r['channels'])}, R={int(r['input_size'])}: {r['impl_tlstm']} [{r['variant']}] "
-                f"{fmt_int(r['params_tlstm'])} vs {r['impl_lstm']} {fmt_int(r['params_lstm'])} params "
+    for _, row in merged.sort_values(keys).iterrows():
+        ratio = row["params_tlstm"] / row["params_lstm"]
+        depth = int(row["depth"])
+        line = (f"L={depth}, M={int(row['channels'])}, R={int(row['input_size'])}: "
+                f"{row['impl_tlstm']} [{row['variant']}] "
+                f"{fmt_int(row['params_tlstm'])} vs {row['impl_lstm']} {fmt_int(row['params_lstm'])} params "
                 f"(ratio {ratio:.3f})" + (" — not judged at L=1" if depth == 1 else ""))
         details.append(line)
-        data.append({"depth": depth, "channels": r["channels"], "impl_tlstm": r["impl_tlstm"],
-                     "impl_lstm": r["impl_lstm"], "params_tlstm": r["params_tlstm"],
-                     "params_lstm": r["params_lstm"], "ratio": ratio})
+        data.append({"depth": depth, "channels": row["channels"], "impl_tlstm": row["impl_tlstm"],
+                     "impl_lstm": row["impl_lstm"], "params_tlstm": row["params_tlstm"],
+                     "params_lstm": row["params_lstm"], "ratio": ratio})
         if depth >= 2:
             judged += 1
             if ratio >= 1:
-                failing.append(f"L={depth}, M={int(r['channels'])} ({r['impl_tlstm']} [{r['variant']}], ratio {ratio:.2f})")
+                failing.append(f"L={depth}, M={int(row['channels'])} "
+                               f"({row['impl_tlstm']} [{row['variant']}], ratio {ratio:.2f})")
     if judged == 0:
         return Claim("Cheaper", NOT_MEASURED, "tLSTM and stacked LSTM matched only at depth 1 (run `tlstm-bench "
                      "run quick` for depths >= 2)", rule, details, data)
@@ -203,30 +210,30 @@ def judge_faster(df: pd.DataFrame) -> Claim:
     ok = ok[ok["time_per_step_s"].notna() & ok["depth"].notna()]
     keys = list(SLICE_FIELDS)
     grouped = ok.groupby(keys + ["family", "impl", "variant", "depth"], dropna=False)
-    med = grouped["time_per_step_s"].median().reset_index()
-    med["noisy"] = grouped["noisy"].any().to_numpy()
-    tl = med[med["family"] == "tlstm"]
-    ls = med[med["family"] == "lstm"]
+    medians = grouped["time_per_step_s"].median().reset_index()
+    medians["noisy"] = grouped["noisy"].any().to_numpy()
+    tlstm_medians = medians[medians["family"] == "tlstm"]
+    lstm_medians = medians[medians["family"] == "lstm"]
     details, data = [], []
     holds, fails = [], []
-    for slice_key, tl_slice in tl.groupby(keys, dropna=False):
-        ls_slice = ls
+    for slice_key, tlstm_slice in tlstm_medians.groupby(keys, dropna=False):
+        lstm_slice = lstm_medians
         for name, value in zip(keys, slice_key):
-            ls_slice = ls_slice[(ls_slice[name] == value) | (ls_slice[name].isna() & pd.isna(value))]
-        if ls_slice.empty:
+            lstm_slice = lstm_slice[(lstm_slice[name] == value) | (lstm_slice[name].isna() & pd.isna(value))]
+        if lstm_slice.empty:
             continue
         sizes = _sizes(pd.Series(dict(zip(keys, slice_key))), ("batch", "seq_len", "channels"))
         where = f"{slice_key[0]} {slice_key[1]} {slice_key[2]}, {sizes}"  # device dtype mode, sizes
-        for (impl, variant), t_rows in tl_slice.groupby(["impl", "variant"]):
-            for lstm_impl, l_rows in ls_slice.groupby("impl"):
-                common = sorted(set(t_rows["depth"]) & set(l_rows["depth"]))
+        for (impl, variant), tlstm_rows in tlstm_slice.groupby(["impl", "variant"]):
+            for lstm_impl, lstm_rows in lstm_slice.groupby("impl"):
+                common = sorted(set(tlstm_rows["depth"]) & set(lstm_rows["depth"]))
                 if len(common) < 2:
                     continue
                 lo, hi = common[0], common[-1]
-                t_lo = t_rows.loc[t_rows["depth"] == lo, "time_per_step_s"].iloc[0]
-                t_hi = t_rows.loc[t_rows["depth"] == hi, "time_per_step_s"].iloc[0]
-                l_lo = l_rows.loc[l_rows["depth"] == lo, "time_per_step_s"].iloc[0]
-                l_hi = l_rows.loc[l_rows["depth"] == hi, "time_per_step_s"].iloc[0]
+                t_lo = tlstm_rows.loc[tlstm_rows["depth"] == lo, "time_per_step_s"].iloc[0]
+                t_hi = tlstm_rows.loc[tlstm_rows["depth"] == hi, "time_per_step_s"].iloc[0]
+                l_lo = lstm_rows.loc[lstm_rows["depth"] == lo, "time_per_step_s"].iloc[0]
+                l_hi = lstm_rows.loc[lstm_rows["depth"] == hi, "time_per_step_s"].iloc[0]
                 t_ratio, l_ratio = t_hi / t_lo, l_hi / l_lo
                 label = f"{impl} [{variant}] vs {lstm_impl}, {where}, L {int(lo)}→{int(hi)}"
                 if l_ratio <= 1:
@@ -236,10 +243,12 @@ def judge_faster(df: pd.DataFrame) -> Claim:
                                    f"(x{l_ratio:.2f}; tLSTM x{t_ratio:.2f})")
                     continue
                 ok_here = (t_ratio - 1) < FASTER_GROWTH_FRACTION * (l_ratio - 1)
-                deciding = pd.concat([t_rows[t_rows["depth"].isin((lo, hi))], l_rows[l_rows["depth"].isin((lo, hi))]])
+                deciding = pd.concat([tlstm_rows[tlstm_rows["depth"].isin((lo, hi))],
+                                      lstm_rows[lstm_rows["depth"].isin((lo, hi))]])
                 noisy = bool(deciding["noisy"].any())
-                line = (f"{label}: tLSTM x{t_ratio:.2f} ({fmt_time(t_lo)} → {fmt_time(t_hi)} per step), "
-                        f"LSTM x{l_ratio:.2f} ({fmt_time(l_lo)} → {fmt_time(l_hi)}) — {HOLDS if ok_here else FAILS}"
+                line = (f"{label}: tLSTM x{t_ratio:.2f} ({format_seconds(t_lo)} → {format_seconds(t_hi)} per step), "
+                        f"LSTM x{l_ratio:.2f} ({format_seconds(l_lo)} → {format_seconds(l_hi)}) "
+                        f"— {HOLDS if ok_here else FAILS}"
                         + (" (rests on noisy points: IQR/median > 10%)" if noisy else ""))
                 details.append(line)
                 data.append({"impl": impl, "variant": variant, "lstm_impl": lstm_impl,
@@ -287,7 +296,8 @@ def judge_faster(df: pd.DataFrame) -> Claim:
         return Claim("Faster", HOLDS, f"in all {len(data)} slice(s) ({summary(held)}); {numbers}{caveat}", rule,
                      details, data)
     worst = max(failed, key=lambda d: d["tlstm_ratio"] / d["lstm_ratio"])
-    worst_text = (f"{worst['impl']} at batch {fmt_int(worst['batch'])} {worst['mode']}, M={fmt_int(worst['channels'])}: "
+    worst_text = (f"{worst['impl']} at batch {fmt_int(worst['batch'])} {worst['mode']}, "
+                  f"M={fmt_int(worst['channels'])}: "
                   f"x{worst['tlstm_ratio']:.2f} vs LSTM x{worst['lstm_ratio']:.2f}")
     if not held:
         return Claim("Faster", FAILS, f"in all {len(data)} slice(s) ({summary(failed)}); e.g. {worst_text}{caveat}",

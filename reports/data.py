@@ -14,31 +14,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-CONFIG_FIELDS = (
-    "impl", "family", "tensor_size", "depth", "seq_len", "batch", "channels", "input_size",
-    "kernel_size", "mem_conv", "norm", "dtype", "mode", "device", "repeats", "warmup", "seed",
-)
-METRIC_FIELDS = (
-    "params", "hidden_size", "backend", "time_median_s", "time_q1_s", "time_q3_s", "time_iqr_s",
-    "noisy", "time_per_step_s", "throughput_tokens_s", "flops", "gflops", "peak_mem_bytes",
-    "saved_bytes", "rss_peak_bytes", "energy_j", "energy_note", "max_abs_err",
-)
-OTHER_FIELDS = ("status", "message", "samples_s", "key", "sweep", "index")
-
-STATUSES = ("ok", "incorrect", "oom", "crashed", "timeout", "unavailable", "error")
-FAMILIES = ("tlstm", "lstm")
-MODES = ("inference", "training")
-DEVICES = ("cpu", "cuda")
+from bench.contract import (
+    COLUMNS,
+    DEVICES,
+    FAMILIES,
+    MODES,
+    NOISY_IQR_OVER_MEDIAN,
+    NUMERIC_COLUMNS,
+    STATUSES,
+    recurrent_steps,
+    timing_metrics,
+)  # fmt: skip
 
 # Only these two identify a point at all; every other column may be missing.
 REQUIRED_COLUMNS = ("impl", "status")
-
-NUMERIC_FIELDS = (
-    "tensor_size", "depth", "seq_len", "batch", "channels", "input_size", "kernel_size",
-    "params", "hidden_size", "time_median_s", "time_q1_s", "time_q3_s", "time_iqr_s",
-    "time_per_step_s", "throughput_tokens_s", "flops", "gflops", "peak_mem_bytes", "saved_bytes",
-    "rss_peak_bytes", "energy_j", "max_abs_err",
-)
 
 
 class ReportInputError(ValueError):
@@ -72,32 +61,52 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
         )
     out = df.copy()
     out.attrs = dict(df.attrs)
-    for column in CONFIG_FIELDS + METRIC_FIELDS + OTHER_FIELDS:
+    for column in COLUMNS:
         if column not in out.columns:
             out[column] = np.nan
     _check_values(out, "status", STATUSES, allow_missing=False)
     _check_values(out, "family", FAMILIES, allow_missing=True)
     _check_values(out, "mode", MODES, allow_missing=True)
     _check_values(out, "device", DEVICES, allow_missing=True)
-    for column in NUMERIC_FIELDS:
+    for column in NUMERIC_COLUMNS:
         out[column] = pd.to_numeric(out[column], errors="coerce").astype(float)
     # A missing family is inferred from the name, as the registry names them (lstm_* vs tlstm_*).
     guess = out["impl"].astype(str).map(lambda name: "tlstm" if name.startswith("tlstm") else "lstm")
     out["family"] = out["family"].where(out["family"].notna(), guess)
-    # The noise flag: trusted when recorded, else derived by the contract's rule (IQR/median > 10%).
-    derived = out["time_iqr_s"] / out["time_median_s"] > 0.10
+    _fill_timing(out)
+    # The noise flag: trusted when recorded, else derived by the contract's rule.
+    derived = out["time_iqr_s"] / out["time_median_s"] > NOISY_IQR_OVER_MEDIAN
     out["noisy"] = [bool(n) if isinstance(n, (bool, np.bool_)) else bool(d) for n, d in zip(out["noisy"], derived)]
-    if out["time_per_step_s"].isna().any():
-        per_step = out["time_median_s"] / out["seq_len"]
-        out["time_per_step_s"] = out["time_per_step_s"].fillna(per_step)
-    out["message"] = out["message"].map(lambda m: "" if m is None or (isinstance(m, float) and math.isnan(m)) else str(m))
+    out["message"] = out["message"].map(
+        lambda m: "" if m is None or (isinstance(m, float) and math.isnan(m)) else str(m))
     out["variant"] = [variant_name(row) for row in out.itertuples(index=False)]
     out.attrs = dict(df.attrs)
     return out
 
 
+def _fill_timing(out: pd.DataFrame) -> None:
+    """Rows with a median but no per-step metrics (a frame built by hand) get them from the contract's
+    one timing function, from their samples or, without samples, their quartiles."""
+    todo = out.index[out["time_median_s"].notna() & out["time_per_step_s"].isna() & out["seq_len"].notna()]
+    out["noisy"] = out["noisy"].astype(object)  # a column of NaN is float; the flag is a bool
+    for i in todo:
+        row = out.loc[i]
+        depth = row["depth"] if pd.notna(row["depth"]) else 1
+        samples = row["samples_s"] if isinstance(row["samples_s"], list) else []
+        metrics = timing_metrics(
+            samples, seq_len=int(row["seq_len"]), recurrent_steps=recurrent_steps(row["family"], int(row["seq_len"]),
+                                                                                  int(depth)),
+            batch=int(row["batch"]) if pd.notna(row["batch"]) else 1,
+            flops=row["flops"] if pd.notna(row["flops"]) else None,
+            quartiles=(row["time_median_s"], row["time_q1_s"], row["time_q3_s"]),
+        )
+        for name, value in metrics.items():
+            if pd.isna(out.at[i, name]):
+                out.at[i, name] = value
+
+
 def variant_name(row: Any) -> str:
-    """The spec's name (section 4) for a row's model: tLSTM, tLSTM-M, tLSTM-F, tLSTM+CN, or sLSTM."""
+    """The paper's name for a row's model: tLSTM, tLSTM-M, tLSTM-F, tLSTM+CN, or sLSTM."""
     if getattr(row, "family", None) != "tlstm":
         return "sLSTM"
     k = getattr(row, "kernel_size", float("nan"))
@@ -130,14 +139,3 @@ def fmt_int(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{int(round(float(value))):,}"
-
-
-def fmt_time(seconds: Any) -> str:
-    """Seconds in the unit that keeps three significant digits readable (ns, µs, ms, s)."""
-    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
-        return "n/a"
-    s = float(seconds)
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if abs(s) >= scale:
-            return f"{s / scale:.3g} {unit}"
-    return f"{s / 1e-9:.3g} ns"

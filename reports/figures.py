@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import matplotlib
 
@@ -262,8 +263,6 @@ def _line_figure(
 def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
     ok = ok_rows(df).copy()
     ok["label"] = line_labels(ok) if not ok.empty else pd.Series(dtype=object)
-    ok["tps_q1"] = ok["time_q1_s"] / ok["seq_len"]
-    ok["tps_q3"] = ok["time_q3_s"] / ok["seq_len"]
     return ok
 
 
@@ -280,38 +279,34 @@ def _caption(base: str, notes: list[str]) -> str:
 # the figures
 
 
-def fig_wider(ok: pd.DataFrame) -> Figure:
-    title = "Wider: parameters vs hidden-state size"
-    png, notes = _line_figure(ok[ok["params"].notna()], x="hidden_size", y="params", lo=None, hi=None,
-                              row_dims=(), col_dims=(), slice_dims=("channels", "input_size"),
-                              xlabel="hidden-state size (units: P·M for tLSTM, L·M for stacked LSTM)",
-                              ylabel="parameters (count)")
-    caption = _caption("A flat tLSTM line means a wider hidden state costs no parameters; the stacked "
-                       "LSTM's line rises with every layer.", notes)
+def _params_vs(ok: pd.DataFrame, x: str, slug: str, title: str, xlabel: str, caption: str, hint: str) -> Figure:
+    png, notes = _line_figure(ok[ok["params"].notna()], x=x, y="params", lo=None, hi=None, row_dims=(), col_dims=(),
+                              slice_dims=("channels", "input_size"), xlabel=xlabel, ylabel="parameters (count)")
     if png is None:
-        return Figure("wider", title, caption, missing="needs parameter counts at two or more hidden sizes: "
-                      "run `tlstm-bench run quick`")
-    return Figure("wider", title, caption, png)
+        return Figure(slug, title, _caption(caption, notes), missing=hint)
+    return Figure(slug, title, _caption(caption, notes), png)
+
+
+def fig_wider(ok: pd.DataFrame) -> Figure:
+    return _params_vs(ok, "hidden_units", "wider", "Wider: parameters vs hidden-state size",
+                      "hidden-state size (units: P·M for tLSTM, L·M for stacked LSTM)",
+                      "A flat tLSTM line means a wider hidden state costs no parameters; the stacked LSTM's line "
+                      "rises with every layer.",
+                      "needs parameter counts at two or more hidden sizes: run `tlstm-bench run quick`")
 
 
 def fig_cheaper(ok: pd.DataFrame) -> Figure:
-    title = "Cheaper: parameters vs depth"
-    png, notes = _line_figure(ok[ok["params"].notna()], x="depth", y="params", lo=None, hi=None,
-                              row_dims=(), col_dims=(), slice_dims=("channels", "input_size"),
-                              xlabel="depth L (layers)", ylabel="parameters (count)")
-    caption = _caption("Where the tLSTM line lies below the stacked LSTM's, the tLSTM is cheaper at that "
-                       "depth (at L = 1 a single K-tap layer can cost more).", notes)
-    if png is None:
-        return Figure("cheaper", title, caption, missing="needs parameter counts at two or more depths: "
-                      "run `tlstm-bench run quick`")
-    return Figure("cheaper", title, caption, png)
+    return _params_vs(ok, "depth", "cheaper", "Cheaper: parameters vs depth", "depth L (layers)",
+                      "Where the tLSTM line lies below the stacked LSTM's, the tLSTM is cheaper at that depth (at "
+                      "L = 1 a single K-tap layer can cost more).",
+                      "needs parameter counts at two or more depths: run `tlstm-bench run quick`")
 
 
 def _time_vs(ok: pd.DataFrame, x: str, slug: str, title: str, xlabel: str, base_caption: str, hint: str,
              slice_dims: tuple[str, ...]) -> Figure:
     rows = ok[ok["time_per_step_s"].notna()]
     unit, scale = _time_unit(rows["time_per_step_s"])
-    png, notes = _line_figure(rows, x=x, y="time_per_step_s", lo="tps_q1", hi="tps_q3",
+    png, notes = _line_figure(rows, x=x, y="time_per_step_s", lo="time_per_step_q1_s", hi="time_per_step_q3_s",
                               row_dims=("device", "batch"), col_dims=("mode",), slice_dims=slice_dims,
                               xlabel=xlabel, ylabel=f"time per timestep ({unit})", y_scale=1 / scale)
     caption = _caption(base_caption + " Lines: median; bands: IQR (q1..q3) of the timed calls.", notes)
@@ -423,20 +418,20 @@ def matched_speedups(ok: pd.DataFrame) -> pd.DataFrame:
     for key in MATCH_KEYS + VARIANT_KEYS:
         # merge() treats NaN keys as equal only when they are the same object type; make them strings
         base[key] = base[key].map(lambda v: "-" if pd.isna(v) else str(v))
-    tl = base[base["family"] == "tlstm"]
+    tlstm = base[base["family"] == "tlstm"]
     parts = []
-    naive = tl[tl["impl"] == "tlstm_naive"]
-    others = tl[tl["impl"] != "tlstm_naive"]
+    naive = tlstm[tlstm["impl"] == "tlstm_naive"]
+    others = tlstm[tlstm["impl"] != "tlstm_naive"]
     if not naive.empty and not others.empty:
-        m = others.merge(naive, on=list(MATCH_KEYS + VARIANT_KEYS), suffixes=("", "_ref"))
-        m["reference"] = "tlstm_naive"
-        parts.append(m)
+        matched = others.merge(naive, on=list(MATCH_KEYS + VARIANT_KEYS), suffixes=("", "_ref"))
+        matched["reference"] = "tlstm_naive"
+        parts.append(matched)
     for lstm_impl, lstm in base[base["family"] == "lstm"].groupby("impl"):
-        if tl.empty:
+        if tlstm.empty:
             continue
-        m = tl.merge(lstm.drop(columns=list(VARIANT_KEYS)), on=list(MATCH_KEYS), suffixes=("", "_ref"))
-        m["reference"] = lstm_impl
-        parts.append(m)
+        matched = tlstm.merge(lstm.drop(columns=list(VARIANT_KEYS)), on=list(MATCH_KEYS), suffixes=("", "_ref"))
+        matched["reference"] = lstm_impl
+        parts.append(matched)
     if not parts:
         return pd.DataFrame(columns=list(MATCH_KEYS) + ["impl", "reference", "speedup", "speedup_lo", "speedup_hi"])
     out = pd.concat(parts, ignore_index=True)
@@ -450,21 +445,21 @@ def matched_speedups(ok: pd.DataFrame) -> pd.DataFrame:
 
 def fig_speedups(ok: pd.DataFrame) -> Figure:
     title = "Speedups of the tLSTM implementations, matched points"
-    sp = matched_speedups(ok)
+    speedups = matched_speedups(ok)
     caption_base = ("Speedup = reference median time / implementation median time at the same depth, T, batch, "
                     "channels, dtype, mode and device; above the dashed line at 1 the implementation is faster. "
                     "Bands: reference q1/impl q3 .. reference q3/impl q1.")
-    if sp.empty:
+    if speedups.empty:
         return Figure("speedups", title, caption_base, missing="needs a tLSTM implementation and `tlstm_naive` or "
                       "`lstm_cudnn` timed at the same points: run `tlstm-bench run quick`")
-    sp = sp.copy()
-    sp["label"] = line_labels(sp) + ", B=" + sp["batch"].map(_fmt_value)
-    sp["over"] = "over " + sp["reference"]
+    speedups = speedups.copy()
+    speedups["label"] = line_labels(speedups) + ", B=" + speedups["batch"].map(_fmt_value)
+    speedups["over"] = "over " + speedups["reference"]
 
     def one_line(ax: Any, context: dict[str, Any]) -> None:
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
 
-    png, notes = _line_figure(sp, x="depth", y="speedup", lo="speedup_lo", hi="speedup_hi", row_dims=("mode",),
+    png, notes = _line_figure(speedups, x="depth", y="speedup", lo="speedup_lo", hi="speedup_hi", row_dims=("mode",),
                               col_dims=("over",), slice_dims=("dtype", "seq_len", "channels", "input_size", "device"),
                               xlabel="depth L (layers)", ylabel="speedup (x, reference time / impl time)",
                               reference=one_line, min_points=1)

@@ -17,8 +17,10 @@ from typing import Any
 
 import pandas as pd
 
+from bench.contract import format_seconds
+
 from .claims import FAILS, HOLDS, NOT_MEASURED, PARTLY, Claim, judge_claims
-from .data import ReportInputError, fmt_time, line_labels, normalize
+from .data import ReportInputError, line_labels, normalize
 from .figures import Figure, build_figures, matched_speedups
 
 SECTIONS = ("claims", "figures", "summary", "speedups", "failures", "environment", "sweep", "reproduce")
@@ -119,7 +121,8 @@ def _figures_html(figures: list[Figure], paths: dict[str, pathlib.Path], out_dir
     for i, f in enumerate(figures, start=1):
         heading = f'<h3 id="fig-{_e(f.slug)}">{i}. {_e(f.title)}</h3>'
         if f.png is None:
-            parts.append(f'<div class="fig">{heading}<p class="missing">Not in these results: {_e(f.missing)}.</p></div>')
+            parts.append(f'<div class="fig">{heading}'
+                         f'<p class="missing">Not in these results: {_e(f.missing)}.</p></div>')
             continue
         data = base64.b64encode(f.png).decode("ascii")
         rel = paths[f.slug].relative_to(out_dir)
@@ -165,9 +168,9 @@ def _summary_html(df: pd.DataFrame) -> str:
             median = group["time_per_step_s"].median()
             iqr = (group["time_iqr_s"] / group["seq_len"]).median()
             noisy = bool(group["noisy"].any())
-            text = f"{fmt_time(median)}"
+            text = f"{format_seconds(median)}"
             if not math.isnan(iqr):
-                text += f" <span class=\"rule\">IQR {fmt_time(iqr)}</span>"
+                text += f" <span class=\"rule\">IQR {format_seconds(iqr)}</span>"
             if noisy:
                 text += ' <span class="noisy" title="IQR/median above 10%">noisy</span>'
             row.append(text)

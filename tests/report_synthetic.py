@@ -17,10 +17,13 @@ import hashlib
 import json
 import pathlib
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from bench.contract import METRIC_FIELDS, recurrent_steps, timing_metrics
 
 ENV = {
     "torch": "2.13.0+cpu", "cuda": None, "cudnn": None, "cpu_model": "Synthetic Xeon (2 cores)",
@@ -31,13 +34,13 @@ ENV = {
 
 
 def tlstm_params(input_size: int, channels: int, kernel_size: int = 3, mem_conv: bool = True) -> int:
-    """Spec section 2: R*M + M + K*M*G + G with G = 4M + K (4M without the memory-cell convolution)."""
+    """The tLSTM's parameter count (README): R*M + M + K*M*G + G, G = 4M + K (4M without mem-conv)."""
     gates = 4 * channels + (kernel_size if mem_conv else 0)
     return input_size * channels + channels + kernel_size * channels * gates + gates
 
 
 def lstm_params(input_size: int, channels: int, depth: int) -> int:
-    """Spec section 5: 4M(R+M) + 8M + (L-1)(8M^2 + 8M)."""
+    """nn.LSTM's parameter count (README): 4M(R+M) + 8M + (L-1)(8M^2 + 8M)."""
     return 4 * channels * (input_size + channels) + 8 * channels + (depth - 1) * (8 * channels**2 + 8 * channels)
 
 
@@ -101,7 +104,7 @@ def make_results(
             row = _point(rng, len(rows), impl, "tlstm" if impl.startswith("tlstm") else "lstm", big_depth, 256, 100,
                          first_m, input_size, kernel_size, "training", device, tlstm_growth, lstm_growth, noisy=False)
             for name in list(row):
-                if name in METRIC_NAMES and name not in ("params", "hidden_size"):
+                if name in METRIC_NAMES and name not in ("params", "hidden_units"):
                     row[name] = None
             row.update(status=status, message=message, samples_s=[])
             if status == "incorrect":
@@ -121,11 +124,7 @@ def make_results(
     return df
 
 
-METRIC_NAMES = (
-    "params", "hidden_size", "backend", "time_median_s", "time_q1_s", "time_q3_s", "time_iqr_s", "noisy",
-    "time_per_step_s", "throughput_tokens_s", "flops", "gflops", "peak_mem_bytes", "saved_bytes",
-    "rss_peak_bytes", "energy_j", "energy_note", "max_abs_err",
-)
+METRIC_NAMES = METRIC_FIELDS
 
 
 def _point(rng: np.random.Generator, index: int, impl: str, family: str, depth: int, batch: int, seq_len: int,
@@ -143,7 +142,6 @@ def _point(rng: np.random.Generator, index: int, impl: str, family: str, depth: 
     median = per_step * seq_len
     spread = 0.3 if noisy else 0.02
     samples = list(median * np.exp(rng.normal(0.0, spread, size=10)))
-    q1, med, q3 = (float(v) for v in np.percentile(samples, [25, 50, 75]))
     if family == "tlstm":
         params = tlstm_params(r, m, k)
         hidden = depth * m
@@ -161,11 +159,11 @@ def _point(rng: np.random.Generator, index: int, impl: str, family: str, depth: 
     key = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     return {
         "key": key, "sweep": "synthetic", "index": index, **config, "status": "ok", "message": "",
-        "samples_s": samples, "params": params, "hidden_size": hidden,
+        "samples_s": samples, "params": params, "hidden_units": hidden,
         "backend": {"tlstm_naive": "eager", "tlstm_fused": "cpp"}.get(impl, "mkldnn"),
-        "time_median_s": med, "time_q1_s": q1, "time_q3_s": q3, "time_iqr_s": q3 - q1,
-        "noisy": (q3 - q1) / med > 0.10, "time_per_step_s": med / seq_len,
-        "throughput_tokens_s": batch * seq_len / med, "flops": flops, "gflops": flops / med / 1e9,
+        **timing_metrics(samples, seq_len=seq_len, recurrent_steps=recurrent_steps(family, seq_len, depth),
+                         batch=batch, flops=flops),
+        "flops": flops,
         "peak_mem_bytes": activation * 1.5 if device == "cuda" else None,
         "saved_bytes": activation if mode == "training" else None,
         "rss_peak_bytes": 300e6 + activation * (1.2 if mode == "training" else 0.1) if device == "cpu" else None,

@@ -43,7 +43,7 @@ def _assert_close(got: list, want: list, tol: float, labels: list[str]) -> None:
     for g, w, label in zip(got, want, labels):
         # relative to each tensor's own scale: a gradient of size 100 need not match to 1e-5 absolute
         scale = max(1.0, w.abs().max().item())
-        torch.testing.assert_close(g, w, rtol=tol, atol=tol * scale, msg=lambda m: f"{label}: {m}")
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol * scale, msg=lambda m, label=label: f"{label}: {m}")
 
 
 def _random_config(rnd: random.Random, min_channels: int = 1) -> dict:
@@ -124,7 +124,8 @@ def test_bfloat16_close_to_float32(rng_seed):
     fused_bf16 = implementations.create("tlstm_fused", dtype=torch.bfloat16, **sizes)
     fused_bf16.load_state_dict(reference.state_dict())  # load_state_dict casts to bfloat16
     x = torch.randn(4, 12, 16, generator=gen)
-    got = _run(fused_bf16, x.bfloat16(), torch.zeros(4, 4, 32, dtype=torch.bfloat16), torch.zeros(4, 4, 32, dtype=torch.bfloat16))
+    got = _run(fused_bf16, x.bfloat16(), torch.zeros(4, 4, 32, dtype=torch.bfloat16),
+               torch.zeros(4, 4, 32, dtype=torch.bfloat16))
     want = _run(reference, x, torch.zeros(4, 4, 32), torch.zeros(4, 4, 32))
     assert all(g.dtype == torch.bfloat16 for g in got)
     labels = ["y", "h", "c", "dx", "dh0", "dc0", "dweight_x", "dbias_x", "dweight_h", "dbias_h"]
@@ -151,16 +152,21 @@ def test_state_dict_interchange_with_naive(rng_seed):
 # the C++ source). Step FLOPs = 2 * B*P * K*M * G; rows per thread = B*P / 2 on two threads.
 SPLIT_CASES = {
     # 2*8*8 * 96 * 131 = 1.6 MFLOP: a split step, 32 rows per thread -> the thin kernel per thread
-    "split-thin": (torch.float32, dict(input_size=4, channels=32, tensor_size=8, kernel_size=3, mem_conv=True, norm=None), 8),
+    "split-thin": (torch.float32,
+                   dict(input_size=4, channels=32, tensor_size=8, kernel_size=3, mem_conv=True, norm=None), 8),
     # K=4 (d_up 2), CN: 2*4*10 * 128 * 132 = 1.4 MFLOP, 20 rows per thread, last panel partial
-    "split-thin-k4-cn": (torch.float32, dict(input_size=3, channels=32, tensor_size=10, kernel_size=4, mem_conv=True, norm="cn"), 4),
+    "split-thin-k4-cn": (torch.float32,
+                         dict(input_size=3, channels=32, tensor_size=10, kernel_size=4, mem_conv=True, norm="cn"), 4),
     # 2*40*4 * 96 * 128 = 3.9 MFLOP, 80 rows per thread -> at::mm_out per thread
-    "split-aten": (torch.float32, dict(input_size=4, channels=32, tensor_size=4, kernel_size=3, mem_conv=False, norm=None), 40),
+    "split-aten": (torch.float32,
+                   dict(input_size=4, channels=32, tensor_size=4, kernel_size=3, mem_conv=False, norm=None), 40),
     # float64 never takes the thin kernel
-    "split-float64": (torch.float64, dict(input_size=4, channels=32, tensor_size=8, kernel_size=3, mem_conv=True, norm="cn"), 8),
+    "split-float64": (torch.float64,
+                      dict(input_size=4, channels=32, tensor_size=8, kernel_size=3, mem_conv=True, norm="cn"), 8),
     # 2*1*2 * 99 * 135 = 53 kFLOP (under 0.2 MFLOP): a small step on one thread, the thin kernel with two rows, which
     # unrolls k by two: odd K*M and odd G exercise the leftover k in the forward and the backward
-    "small-two-rows": (torch.float32, dict(input_size=4, channels=33, tensor_size=2, kernel_size=3, mem_conv=True, norm=None), 1),
+    "small-two-rows": (torch.float32,
+                       dict(input_size=4, channels=33, tensor_size=2, kernel_size=3, mem_conv=True, norm=None), 1),
 }
 
 

@@ -60,7 +60,8 @@ def _run(model, forward, x, h0, c0):
     return dict(zip(names, [y, h, c, *grads]))
 
 
-def _check_against_naive(sizes: dict, batch: int, seq_len: int, seed: int, dtype=torch.float32, path="auto", blocks=None):
+def _check_against_naive(sizes: dict, batch: int, seq_len: int, seed: int, dtype=torch.float32, path="auto",
+                         blocks=None):
     gen = torch.Generator().manual_seed(seed)
     reference, model = _models(sizes, dtype, gen)
     shape = (batch, sizes["tensor_size"], sizes["channels"])
@@ -161,7 +162,8 @@ def test_forward_only_uses_the_ring_and_matches(rng_seed, monkeypatch):
 
 
 def test_registry_selects_triton_backend():
-    model = implementations.create("tlstm_fused", input_size=3, channels=4, tensor_size=2, backend="triton", device=DEVICE)
+    model = implementations.create("tlstm_fused", input_size=3, channels=4, tensor_size=2, backend="triton",
+                                   device=DEVICE)
     assert model.backend == "triton"
     assert "backend=triton" in model.extra_repr()
 
@@ -171,7 +173,8 @@ def test_bad_inputs_are_refused_with_the_limit():
         model = implementations.create("tlstm_fused", input_size=2, channels=129, tensor_size=2, norm="cn",
                                        backend="triton", device=DEVICE)
         model(torch.zeros(1, 1, 2, device=DEVICE))
-    model = implementations.create("tlstm_fused", input_size=2, channels=4, tensor_size=2, backend="triton", device=DEVICE)
+    model = implementations.create("tlstm_fused", input_size=2, channels=4, tensor_size=2, backend="triton",
+                                   device=DEVICE)
     x = torch.zeros(1, 2, 2, device=DEVICE)
     with pytest.raises(ValueError, match="path must be one of"):
         fused_triton.tlstm_forward(model, x, path="fastest")

@@ -1,7 +1,7 @@
 """The pytest-benchmark benchmarks in ``bench/``: collection rules, a tiny real run, its JSON, the
-regression check, and ``bench.pbjson.load`` on hand-made files.
+regression check, and ``bench.pytest_benchmark_file.load`` on hand-made files.
 
-The real runs are subprocesses (``pytest bench ...``) on the ``tiny`` grid with the two built-in
+The real runs are subprocesses (``pytest bench ...``) on the ``tiny`` sweep with the two built-in
 implementations that need no compiler: each takes seconds, most of it starting Python and torch.
 """
 
@@ -17,12 +17,14 @@ import pandas as pd
 import pytest
 
 import implementations
-from bench import pbjson, pytest_plugin
+from bench import pytest_benchmark_file, pytest_plugin
+from bench.contract import COLUMNS, CONFIG_FIELDS, ENV_FIELDS, Point, point_timing_metrics
+from bench.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_IMPLS = "tlstm_naive,lstm_cudnn"
 EXTRA_INFO_FIELDS = (
-    "config", "model_config", "key", "gate", "params", "hidden_size", "backend", "flops", "gflops",
+    "config", "model_config", "key", "gate", "params", "hidden_units", "backend", "flops", "gflops",
     "time_per_step_s", "peak_mem_bytes", "saved_bytes", "rss_peak_bytes", "max_abs_err",
 )  # fmt: skip
 MACHINE_INFO_FIELDS = (
@@ -49,15 +51,19 @@ def collected_ids(result: subprocess.CompletedProcess) -> list[str]:
 # --- collection --------------------------------------------------------------------------------
 
 
-def test_benchmarks_are_parametrized_from_the_registry():
-    result = run_pytest("bench", "--collect-only", "-q", "--tlstm-grid", "quick")
+def test_benchmarks_are_the_points_of_the_sweep():
+    result = run_pytest("bench", "--collect-only", "-q", "--tlstm-sweep", "quick")
     assert result.returncode == 0, result.stdout + result.stderr
     ids = collected_ids(result)
     for name in implementations.names():
         for mode in ("inference", "training"):
             assert any(f"[{name}-" in i and i.endswith(f"-{mode}]") for i in ids), (name, mode, ids)
-    # quick grid: 2 tensor sizes x 1 seq_len x 1 batch x 2 modes per implementation
-    assert len(ids) == 4 * len(implementations.names())
+    # one benchmark per point of the quick sweep, which has every implementation: one source of points
+    points = load_sweep("quick").points()
+    assert len(ids) == len(points) == 16 * len(implementations.names())
+    from bench.test_benchmarks import point_id
+
+    assert [i.split("[", 1)[1].rstrip("]") for i in ids] == [point_id(p) for p in points]
 
 
 def test_plain_pytest_does_not_run_benchmarks_and_benchmark_only_runs_only_them():
@@ -67,7 +73,7 @@ def test_plain_pytest_does_not_run_benchmarks_and_benchmark_only_runs_only_them(
     assert plain.returncode == 0, plain.stdout + plain.stderr
     plain_ids = collected_ids(plain)
     assert plain_ids and all(i.startswith("tests/test_config.py::") for i in plain_ids)
-    assert f"{4 * len(implementations.names())} deselected" in plain.stdout  # the quick grid's benchmarks
+    assert f"{16 * len(implementations.names())} deselected" in plain.stdout  # the quick sweep's benchmarks
 
     only = run_pytest(*testpaths, "--collect-only", "-q", "--benchmark-only", "--tlstm-grid", "tiny",
                       "--tlstm-impl", FAST_IMPLS)  # fmt: skip
@@ -81,43 +87,43 @@ def test_bad_options_are_refused_before_collection():
     result = run_pytest("bench", "--collect-only", "-q", "--tlstm-impl", "tlstm_naive,tlstm_nope*")
     output = result.stdout + result.stderr
     assert result.returncode == pytest.ExitCode.USAGE_ERROR
-    assert "--tlstm-impl 'tlstm_nope*' matches no registered implementation; registered: " in output
+    assert "'tlstm_nope*' matches no registered implementation; registered: " in output
     assert all(name in output for name in implementations.names())
-    grid = run_pytest("bench", "--collect-only", "--tlstm-grid", "huge")
-    assert grid.returncode == pytest.ExitCode.USAGE_ERROR
-    assert all(word in grid.stderr for word in ("--tlstm-grid", "'huge'", "tiny", "quick", "default", "paper"))
-
-
-def test_grid_option_choices_are_the_declared_grids():
-    from bench.test_benchmarks import GRIDS
-
-    assert tuple(GRIDS) == pytest_plugin.GRID_NAMES
-    assert all(grid.rounds >= 3 and grid.warmup_rounds >= 1 for grid in GRIDS.values())
+    sweep = run_pytest("bench", "--collect-only", "--tlstm-grid", "huge")
+    assert sweep.returncode == pytest.ExitCode.USAGE_ERROR
+    assert all(word in sweep.stderr for word in ("--tlstm-sweep huge", "tiny", "quick", "depth", "paper"))
 
 
 class _Options:
     """Stands in for pytest.Config: the option readers only call getoption."""
 
     def __init__(self, **values) -> None:
-        self.values = {"tlstm_impl": [], "tlstm_slowdown": [], "tlstm_threads": None, **values}
+        self.values = {"tlstm_sweep": "tiny", "tlstm_set": [], "tlstm_impl": [], "tlstm_device": None,
+                       "tlstm_dtype": None, "tlstm_slowdown": [], "tlstm_threads": None, **values}
 
     def getoption(self, name: str):
         return self.values[name]
 
 
 def test_option_readers():
-    assert pytest_plugin.selected_implementations(_Options()) == implementations.names()
-    assert pytest_plugin.selected_implementations(_Options(tlstm_impl=["lstm_*", "tlstm_naive"])) == ["lstm_cudnn", "tlstm_naive"]
+    points = pytest_plugin.selected_points(_Options())
+    assert points == load_sweep("tiny").points()
+    assert {p.impl for p in pytest_plugin.selected_points(_Options(tlstm_impl=["lstm_*", "tlstm_naive"]))} == {
+        "lstm_cudnn", "tlstm_naive"}
+    narrowed = pytest_plugin.selected_points(_Options(tlstm_dtype="float64", tlstm_set=["batch=[1,3]"]))
+    assert {p.dtype for p in narrowed} == {"float64"} and {p.batch for p in narrowed} == {1, 3}
+    assert pytest_plugin.benchmark_threads(_Options()) == 1  # the tiny sweep's budget.threads
+    assert pytest_plugin.benchmark_threads(_Options(tlstm_threads="3")) == 3
     slow = _Options(tlstm_slowdown=["tlstm_*=0.5", "lstm_cudnn=0.25,tlstm_naive=1"])
     assert pytest_plugin.slowdowns(slow) == {"tlstm_*": 0.5, "lstm_cudnn": 0.25, "tlstm_naive": 1.0}
     assert pytest_plugin.slowdown_for(slow, "tlstm_naive") == 1.5 and pytest_plugin.slowdown_for(slow, "x") == 0
-    assert pytest_plugin.cpu_threads(_Options(tlstm_threads="3")) == 3
     for bad in ("lstm_cudnn", "=1", "lstm_cudnn=-1", "lstm_cudnn=soon", "lstm_cudnn=nan", "lstm_cudnn=inf"):
-        with pytest.raises(pytest.UsageError, match=f"--tlstm-slowdown must be GLOB=SECONDS with SECONDS >= 0, got '{bad}'"):
+        with pytest.raises(pytest.UsageError,
+                           match=f"--tlstm-slowdown must be GLOB=SECONDS with SECONDS >= 0, got '{bad}'"):
             pytest_plugin.slowdowns(_Options(tlstm_slowdown=[bad]))
-    for bad in ("0", "two", "-1"):
-        with pytest.raises(pytest.UsageError, match=f"--tlstm-threads must be an integer >= 1, got '{bad}'"):
-            pytest_plugin.cpu_threads(_Options(tlstm_threads=bad))
+    for bad in ("two", "-1"):
+        with pytest.raises(pytest.UsageError, match="budget.threads: must be an integer >= 0"):
+            pytest_plugin.selected_points(_Options(tlstm_threads=bad))
 
 
 # --- a tiny real run ---------------------------------------------------------------------------
@@ -155,7 +161,7 @@ def test_tiny_run_extra_info_and_machine_info(tiny_run):
         missing = [f for f in EXTRA_INFO_FIELDS if f not in extra]
         assert not missing, (bench["name"], missing)
         config = extra["config"]
-        assert set(pbjson.CONFIG_FIELDS) <= set(config)
+        assert set(CONFIG_FIELDS) == set(config)
         assert extra["params"] > 0 and extra["flops"] > 0 and extra["gflops"] > 0
         assert extra["time_per_step_s"] == pytest.approx(bench["stats"]["median"] / config["seq_len"])
         assert extra["backend"] == ("eager" if config["impl"] == "tlstm_naive" else "mkldnn")
@@ -173,8 +179,8 @@ def test_tiny_run_extra_info_and_machine_info(tiny_run):
 
 def test_tiny_run_loads_into_the_results_contract_and_the_report(tiny_run, tmp_path):
     path, _ = tiny_run
-    df = pbjson.load(path)
-    assert list(df.columns) == list(pbjson.COLUMNS)
+    df = pytest_benchmark_file.load(path)
+    assert list(df.columns) == list(COLUMNS)
     assert len(df) == 4 and set(df["status"]) == {"ok"}
     assert df["message"].str.startswith("gate vs ").all()
     assert (df["time_median_s"] > 0).all() and (df["gflops"] > 0).all()
@@ -204,7 +210,7 @@ def test_compare_fail_catches_an_implementation_made_slower(tmp_path):
     output = slower.stdout + slower.stderr
     assert slower.returncode != 0
     assert "Performance has regressed" in output
-    assert "test_benchmark[lstm_cudnn-P2-T4-B2-inference] (0001_base) - Field 'median' has failed" in output
+    assert "test_benchmark[lstm_cudnn-P2-T4-B2-M8-float32-inference] (0001_base) - Field 'median' has failed" in output
     # the sleep is inside every timed round, and recorded
     (bench,) = json.loads(slower_json.read_text())["benchmarks"]
     assert bench["extra_info"]["slowdown_s"] == 0.5
@@ -240,7 +246,8 @@ def test_a_failing_gate_fails_the_benchmark_with_the_reason(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "1 failed" in output and "skipped" not in output
-    assert "correctness gate failed, so tlstm_wrong-P2-T4-B2-inference is not timed: gate vs tlstm_naive" in output
+    assert ("correctness gate failed, so tlstm_wrong-P2-T4-B2-M8-float32-inference is not timed: "
+            "gate vs tlstm_naive") in output
 
 
 # --- the converter on hand-made files ----------------------------------------------------------
@@ -278,11 +285,19 @@ def _hand_made(tmp_path: Path, **overrides) -> Path:
 
 
 def test_load_hand_made_file(tmp_path):
-    df = pbjson.load(_hand_made(tmp_path))
-    assert list(df.columns) == list(pbjson.COLUMNS)
+    # a file from before the schema had a version: "hidden_size" is read as "hidden_units"
+    df = pytest_benchmark_file.load(_hand_made(tmp_path))
+    assert list(df.columns) == list(COLUMNS)
     row = df.iloc[0]
     assert row["impl"] == "tlstm_naive" and row["status"] == "ok" and row["sweep"] == "pytest-benchmark"
-    assert row["time_median_s"] == 0.02 and row["time_iqr_s"] == 0.01
+    assert row["hidden_units"] == 32
+    # quartiles recomputed from the raw rounds as the sweeps compute them, not pytest-benchmark's (0.015, 0.025)
+    assert row["time_median_s"] == 0.02 and row["time_q1_s"] == pytest.approx(0.01375)
+    assert row["time_iqr_s"] == pytest.approx(0.015)
+    point = Point.from_dict({name: row[name] for name in CONFIG_FIELDS})
+    sweep_metrics = point_timing_metrics(point, row["samples_s"])
+    sweep_metrics.pop("gflops")  # the file's own FLOP count (4e6) stands in for the formula's here
+    assert {k: row[k] for k in sweep_metrics} == pytest.approx(sweep_metrics)
     assert row["time_per_step_s"] == pytest.approx(0.02 / 10)
     assert row["throughput_tokens_s"] == pytest.approx(2 * 10 / 0.02)
     assert row["gflops"] == pytest.approx(4e6 / 0.02 / 1e9)
@@ -291,8 +306,8 @@ def test_load_hand_made_file(tmp_path):
     assert pd.isna(row["energy_j"]) and row["params"] == 947
     env = df.attrs["env"]
     assert env["cpu_model"] == "Some CPU" and env["hostname"] == "box" and env["git_commit"] == "abc123"
-    assert env["platform"] == "Linux 6.1 x86_64" and set(pbjson.ENV_FIELDS) <= set(env)
-    assert df.attrs["sweep"]["command"] == "pytest --benchmark-only" and df.attrs["sweep"]["grid"] == "quick"
+    assert env["platform"] == "Linux 6.1 x86_64" and set(ENV_FIELDS) <= set(env)
+    assert df.attrs["sweep"]["command"] == "pytest --benchmark-only" and "'quick'" in df.attrs["sweep"]["description"]
 
 
 def test_load_saved_file_without_raw_samples(tmp_path):
@@ -302,20 +317,23 @@ def test_load_saved_file_without_raw_samples(tmp_path):
     del data["tlstm_bench"]
     path = tmp_path / "saved.json"
     path.write_text(json.dumps(data))
-    row = pbjson.load(path).iloc[0]
-    assert row["samples_s"] == [] and row["time_median_s"] == 0.02
-    assert pbjson.load(path).attrs["env"]["threads"] == 2  # from machine_info alone
+    row = pytest_benchmark_file.load(path).iloc[0]
+    assert row["samples_s"] == [] and row["time_median_s"] == 0.02 and row["time_iqr_s"] == pytest.approx(0.01)
+    assert pytest_benchmark_file.load(path).attrs["env"]["threads"] == 2  # from machine_info alone
 
 
 def test_load_refuses_files_that_are_not_ours(tmp_path):
     not_json = tmp_path / "x.json"
     not_json.write_text("{nope")
-    with pytest.raises(pbjson.PytestBenchmarkFileError, match="is not JSON"):
-        pbjson.load(not_json)
-    with pytest.raises(pbjson.PytestBenchmarkFileError, match="expected a JSON object with a 'benchmarks' list"):
-        pbjson.load(_hand_made(tmp_path, benchmarks=None))
-    foreign = [{"name": "test_sort", "fullname": "tests/test_x.py::test_sort", "extra_info": {}, "stats": {"median": 1.0}}]
-    with pytest.raises(pbjson.PytestBenchmarkFileError, match="'tests/test_x.py::test_sort' has no extra_info"):
-        pbjson.load(_hand_made(tmp_path, benchmarks=foreign))
+    with pytest.raises(pytest_benchmark_file.PytestBenchmarkFileError, match="is not JSON"):
+        pytest_benchmark_file.load(not_json)
+    with pytest.raises(pytest_benchmark_file.PytestBenchmarkFileError,
+                       match="expected a JSON object with a 'benchmarks' list"):
+        pytest_benchmark_file.load(_hand_made(tmp_path, benchmarks=None))
+    foreign = [{"name": "test_sort", "fullname": "tests/test_x.py::test_sort", "extra_info": {},
+                "stats": {"median": 1.0}}]
+    with pytest.raises(pytest_benchmark_file.PytestBenchmarkFileError,
+                       match="'tests/test_x.py::test_sort' has no extra_info"):
+        pytest_benchmark_file.load(_hand_made(tmp_path, benchmarks=foreign))
     with pytest.raises(FileNotFoundError):
-        pbjson.load(tmp_path / "missing.json")
+        pytest_benchmark_file.load(tmp_path / "missing.json")

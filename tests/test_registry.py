@@ -84,7 +84,8 @@ def test_third_party_entry_point(tmp_path):
             def register():
                 @implementations.register("plugin_tlstm", family="tlstm", description="from a plugin")
                 def build(config, *, device, dtype):
-                    return implementations.create("tlstm_naive", **{k: v for k, v in config.as_dict().items() if k != "depth"},
+                    return implementations.create("tlstm_naive",
+                                                  **{k: v for k, v in config.as_dict().items() if k != "depth"},
                                                   device=device, dtype=dtype)
             """
         )

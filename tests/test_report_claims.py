@@ -31,7 +31,7 @@ def test_wider_holds_with_exact_counts():
     assert f"{expected:,}" in claim.evidence and "P = 1, 2, 4, 8" in claim.evidence
     for entry in claim.data:
         assert entry["params"] == [expected]
-        assert entry["hidden_sizes"] == [64, 128, 256, 512]
+        assert entry["hidden_units"] == [64, 128, 256, 512]
 
 
 def test_wider_does_not_hold_when_params_grow_with_p():

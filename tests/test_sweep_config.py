@@ -17,7 +17,6 @@ from bench.sweep import (
     SweepError,
     load_sweep,
     parse_set_value,
-    point_key,
     shipped_sweeps,
 )
 from implementations import ModelConfig, lstm_param_count, tlstm_param_count
@@ -50,35 +49,36 @@ def test_cross_product_and_interleaved_order(tmp_path):
     sweep = load_sweep(_file(tmp_path, GOOD))
     points = sweep.points(cuda_available=False)
     assert len(points) == 3 * 2 * 2  # sizes x modes x implementations
-    assert [p["impl"] for p in points[:4]] == ["tlstm_naive", "lstm_cudnn"] * 2  # implementations interleaved
-    assert {p["mode"] for p in points} == {"inference", "training"}
-    keys = [point_key(p) for p in points]
+    assert [p.impl for p in points[:4]] == ["tlstm_naive", "lstm_cudnn"] * 2  # implementations interleaved
+    assert {p.mode for p in points} == {"inference", "training"}
+    keys = [p.key for p in points]
     assert len(set(keys)) == len(keys)
     first = points[0]
-    assert set(first) == {"impl", "family", "tensor_size", "depth", "seq_len", "batch", "channels", "input_size",
-                          "kernel_size", "mem_conv", "norm", "dtype", "mode", "device", "repeats", "warmup", "seed"}
-    assert first["norm"] is None and first["device"] == "cpu" and first["dtype"] == "float32"
+    assert set(first.as_dict()) == {"impl", "family", "tensor_size", "depth", "seq_len", "batch", "channels",
+                          "input_size", "kernel_size", "mem_conv", "norm", "dtype", "mode", "device", "repeats",
+                          "warmup", "seed"}
+    assert first.norm is None and first.device == "cpu" and first.dtype == "float32"
 
 
 def test_pair_by_depth_gives_the_lstm_the_tlstm_depth(tmp_path):
     text = GOOD.replace("tensor_size = [1, 2, 4]", "tensor_size = [3, 4]\nkernel_size = [4]")
     points = load_sweep(_file(tmp_path, text)).points(cuda_available=False)
     for p in points:
-        assert p["depth"] == -(-p["tensor_size"] // 2)  # L = ceil(P / (K // 2)) with K = 4
-        if p["family"] == "lstm":
-            assert p["channels"] == 4 and p["tensor_size"] is not None
+        assert p.depth == -(-p.tensor_size // 2)  # L = ceil(P / (K // 2)) with K = 4
+        if p.family == "lstm":
+            assert p.channels == 4 and p.tensor_size is not None
 
 
 def test_pair_by_params_picks_the_closest_width(tmp_path):
     text = GOOD.replace('[axes]', 'pair = "params"\n[axes]').replace("channels = [4]", "channels = [32]")
     points = load_sweep(_file(tmp_path, text)).points(cuda_available=False)
     target = tlstm_param_count(ModelConfig(3, 32, 1))
-    for p in [p for p in points if p["family"] == "lstm"]:
-        width, depth = p["channels"], p["depth"]
+    for p in [p for p in points if p.family == "lstm"]:
+        width, depth = p.channels, p.depth
         gap = abs(lstm_param_count(ModelConfig(3, width, depth=depth)) - target)
         for other in (width - 1, width + 1):
             assert gap <= abs(lstm_param_count(ModelConfig(3, other, depth=depth)) - target)
-    widths = {p["depth"]: p["channels"] for p in points if p["family"] == "lstm"}
+    widths = {p.depth: p.channels for p in points if p.family == "lstm"}
     assert widths[1] > widths[2] > widths[4]  # deeper stacks get narrower at a fixed budget
 
 
@@ -86,22 +86,22 @@ def test_depth_axis_sizes_tlstm_by_depth_and_lstm_has_no_tensor_size(tmp_path):
     text = GOOD.replace("tensor_size = [1, 2, 4]", "depth = [1, 5]")
     points = load_sweep(_file(tmp_path, text)).points(cuda_available=False)
     for p in points:
-        if p["family"] == "tlstm":
-            assert p["tensor_size"] == p["depth"]  # K = 3: P = L
+        if p.family == "tlstm":
+            assert p.tensor_size == p.depth  # K = 3: P = L
         else:
-            assert p["tensor_size"] is None
+            assert p.tensor_size is None
 
 
 def test_auto_device_and_set_overrides(tmp_path):
     text = GOOD.replace('device = ["cpu"]', 'device = ["auto"]')
     sweep = load_sweep(_file(tmp_path, text), ["batch=[1,16]", "dtype=bfloat16", "repeats=3", "depth=2",
                                                  "implementations=tlstm_*"])
-    assert {p["device"] for p in sweep.points(cuda_available=True)} == {"cuda"}
+    assert {p.device for p in sweep.points(cuda_available=True)} == {"cuda"}
     points = sweep.points(cuda_available=False)
-    assert {p["device"] for p in points} == {"cpu"}
-    assert {p["batch"] for p in points} == {1, 16} and {p["dtype"] for p in points} == {"bfloat16"}
-    assert {p["repeats"] for p in points} == {3} and {p["depth"] for p in points} == {2}
-    assert {p["impl"] for p in points} == set(implementations.names("tlstm_*"))
+    assert {p.device for p in points} == {"cpu"}
+    assert {p.batch for p in points} == {1, 16} and {p.dtype for p in points} == {"bfloat16"}
+    assert {p.repeats for p in points} == {3} and {p.depth for p in points} == {2}
+    assert {p.impl for p in points} == set(implementations.names("tlstm_*"))
     assert sweep.overrides == ["batch=[1,16]", "dtype=bfloat16", "repeats=3", "depth=2", "implementations=tlstm_*"]
 
 
@@ -116,18 +116,24 @@ def test_parse_set_value_forms():
 
 def test_shipped_sweeps_are_valid_and_quick_covers_every_implementation():
     shipped = shipped_sweeps()
-    assert {"quick", "depth", "gpu"} <= set(shipped)
+    assert {"quick", "depth", "gpu", "gpu-target", "fused-cpu", "tiny", "paper"} <= set(shipped)
     quick = load_sweep("quick")
     points = quick.points(cuda_available=False)
-    assert {p["impl"] for p in points} == set(implementations.names())  # new registrations included
-    assert {p["device"] for p in points} == {"cpu"}
-    assert {p["tensor_size"] for p in points} <= set(range(1, 9)) and {p["depth"] for p in points} <= set(range(1, 9))
+    assert {p.impl for p in points} == set(implementations.names())  # new registrations included
+    assert {p.device for p in points} == {"cpu"}
+    assert {p.tensor_size for p in points} <= set(range(1, 9)) and {p.depth for p in points} <= set(range(1, 9))
     depth = load_sweep("depth").points(cuda_available=False)
-    assert {p["mode"] for p in depth} == {"training"} and min(p["batch"] for p in depth) == 1
-    assert {p["depth"] for p in depth} >= {1, 16}
+    assert {p.mode for p in depth} == {"training"} and min(p.batch for p in depth) == 1
+    assert {p.depth for p in depth} >= {1, 16}
     gpu = load_sweep("gpu").points(cuda_available=False)
-    assert {p["device"] for p in gpu} == {"cuda"} and {p["seq_len"] for p in gpu} == {1024}
-    assert {p["batch"] for p in gpu} == {1, 16, 128} and {p["channels"] for p in gpu} == {64, 128, 256}
+    assert {p.device for p in gpu} == {"cuda"} and {p.seq_len for p in gpu} == {1024}
+    assert {p.batch for p in gpu} == {1, 16, 256} and {p.dtype for p in gpu} == {"float32", "bfloat16"}
+    assert {p.mode for p in gpu} == {"inference", "training"}
+    target = load_sweep("gpu-target").points(cuda_available=False)
+    assert {(p.batch, p.depth, p.channels, p.seq_len) for p in target} == {(1, 8, 64, 1024), (16, 8, 64, 1024)}
+    fused = load_sweep("fused-cpu").points(cuda_available=False)
+    assert ({p.impl for p in fused} == {"tlstm_naive", "tlstm_fused", "lstm_cudnn"}
+            and {p.depth for p in fused} == {1, 8, 16})
 
 
 # --- bad input: refused before anything runs ------------------------------------------------------
@@ -148,7 +154,8 @@ BAD_FILES = [
      ["axes.dtype", "float32, float64, bfloat16, float16", "'float8'"]),
     ("unknown mode", GOOD.replace('mode = ["inference", "training"]', 'mode = ["train"]'),
      ["axes.mode", "inference, training", "'train'"]),
-    ("unknown device", GOOD.replace('device = ["cpu"]', 'device = ["tpu"]'), ["axes.device", "auto, cpu, cuda", "'tpu'"]),
+    ("unknown device", GOOD.replace('device = ["cpu"]', 'device = ["tpu"]'),
+     ["axes.device", "auto, cpu, cuda", "'tpu'"]),
     ("empty axis", GOOD.replace("seq_len = [8]", "seq_len = []"), ["axes.seq_len", "at least one value"]),
     ("repeated value", GOOD.replace("seq_len = [8]", "seq_len = [8, 8]"), ["axes.seq_len", "twice"]),
     ("both size axes", GOOD.replace("[axes]", "[axes]\ndepth = [2]"), ["axes", "exactly one of tensor_size", "both"]),
@@ -158,7 +165,8 @@ BAD_FILES = [
     ("glob matching nothing", GOOD.replace('"lstm_cudnn"', '"gru_*"'), ["implementations", "'gru_*'", "registered:"]),
     ("bad pair rule", 'pair = "width"\n' + GOOD, ["pair", "depth, params", "'width'"]),
     ("zero repeats", GOOD + "\n[budget]\nrepeats = 0\n", ["budget.repeats", "integer >= 1"]),
-    ("unknown budget field", GOOD + "\n[budget]\nrounds = 3\n", ["budget.rounds", "allowed", "repeats, min_time_s, warmup"]),
+    ("unknown budget field", GOOD + "\n[budget]\nrounds = 3\n",
+     ["budget.rounds", "allowed", "repeats, min_time_s, warmup"]),
     ("negative timeout", GOOD + "\n[budget]\ntimeout_s = -1\n", ["budget.timeout_s", "number >= 0.1"]),
     ("plugin that does not import", 'plugins = ["no_such_module_xyz"]\n' + GOOD,
      ["plugins", "no_such_module_xyz", "cannot import"]),

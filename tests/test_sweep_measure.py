@@ -5,21 +5,23 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 
 import implementations
 from bench import measure
+from bench.contract import ENV_FIELDS, Point
 from implementations.tlstm_naive import TLSTMNaive
 
 
-def _point(**overrides) -> dict:
+def _point(**overrides) -> Point:
     point = dict(impl="tlstm_naive", family="tlstm", tensor_size=3, depth=3, seq_len=5, batch=2, channels=4,
                  input_size=3, kernel_size=3, mem_conv=True, norm=None, dtype="float32", mode="training",
                  device="cpu", repeats=3, warmup=1, seed=7)
     point.update(overrides)
-    return point
+    return Point(**point)
 
 
 def test_build_point_is_seeded():
@@ -89,10 +91,11 @@ def test_training_call_resets_gradients():
 def test_flops_follow_the_spec_formulas():
     p = _point(tensor_size=4, depth=4, seq_len=10, batch=3, channels=8, input_size=5, mode="inference")
     g = 4 * 8 + 3
-    assert measure.flops(p) == 3 * (2 * 5 * 8 * 10 + 2 * 4 * 3 * 8 * g * (10 + 4 - 1))
-    assert measure.flops({**p, "mode": "training"}) == 3 * measure.flops(p)
-    lstm = {**p, "impl": "lstm_cudnn", "family": "lstm", "tensor_size": None}
-    assert measure.flops(lstm) == 3 * 10 * (2 * 4 * 8 * (5 + 8) + 3 * 2 * 4 * 8 * 2 * 8)
+    assert p.flops() == 3 * (2 * 5 * 8 * 10 + 2 * 4 * 3 * 8 * g * (10 + 4 - 1))
+    assert replace(p, mode="training").flops() == 3 * p.flops()
+    lstm = replace(p, impl="lstm_cudnn", family="lstm", tensor_size=None)
+    assert lstm.flops() == 3 * 10 * (2 * 4 * 8 * (5 + 8) + 3 * 2 * 4 * 8 * 2 * 8)
+    assert replace(p, mem_conv=False).flops() == 3 * (2 * 5 * 8 * 10 + 2 * 4 * 3 * 8 * (4 * 8) * (10 + 4 - 1))
 
 
 def test_memory_and_metrics():
@@ -106,9 +109,12 @@ def test_memory_and_metrics():
     assert row["time_q1_s"] == pytest.approx(0.175) and row["time_q3_s"] == pytest.approx(0.325)
     assert row["noisy"] is True and row["time_per_step_s"] == pytest.approx(0.05)
     assert row["throughput_tokens_s"] == pytest.approx(2 * 5 / 0.25)
-    assert row["gflops"] == pytest.approx(measure.flops(point) / 0.25 / 1e9)
-    assert row["params"] == implementations.tlstm_param_count(measure.model_config(point))
-    assert row["hidden_size"] == 3 * 4 and row["backend"] == "eager"
+    assert row["gflops"] == pytest.approx(point.flops() / 0.25 / 1e9)
+    assert (row["time_per_step_q1_s"] == pytest.approx(0.175 / 5)
+            and row["time_per_step_q3_s"] == pytest.approx(0.325 / 5))
+    assert row["time_per_recurrent_step_s"] == pytest.approx(0.25 / (5 + 3 - 1))  # T + L - 1 steps
+    assert row["params"] == implementations.tlstm_param_count(point.model_config())
+    assert row["hidden_units"] == 3 * 4 and row["backend"] == "eager"
     quiet = measure.metrics(point, [1.0, 1.01, 0.99])
     assert quiet["noisy"] is False
 
@@ -123,9 +129,8 @@ def test_energy_reports_why_not_when_unreadable():
 
 def test_environment_fields():
     env = measure.environment(["cpu"], ["float32"])
-    for key in ("torch", "cuda", "cudnn", "cpu_model", "gpu_model", "threads", "git_commit", "python", "platform",
-                "hostname", "matmul_gflops", "cudnn_allow_tf32", "matmul_allow_tf32", "cudnn_benchmark"):
-        assert key in env
+    assert set(env) == set(ENV_FIELDS)  # the contract's environment, no more, no less
+    assert env["cpu_model"] and isinstance(env["cpu_flags"], list)
     assert env["matmul_gflops"]["cpu:float32"] > 0 and not math.isnan(env["matmul_gflops"]["cpu:float32"])
 
 

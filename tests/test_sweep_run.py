@@ -7,7 +7,6 @@ worker processes register them too.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 
 import implementations
 from bench import cli, results
-from bench.sweep import point_key
+from bench.contract import COLUMNS, RECORD_FIELDS, SCHEMA_VERSION, Point
 
 REPO = Path(__file__).resolve().parent.parent
 FAKES = Path(__file__).resolve().parent / "fake_impls.py"
@@ -95,7 +94,8 @@ def test_faults_become_rows_and_the_sweep_goes_on(tmp_path, fakes_cleanup, capsy
         implementations.ModelConfig(3, 4, 2))
     # the points after the crash and the hang were measured by a fresh worker
     assert df["index"].tolist() == list(range(len(impls)))
-    assert set(df.columns) >= set(results.CONFIG_FIELDS) | set(results.METRIC_FIELDS) | {"samples_s", "key"}
+    assert list(df.columns) == list(COLUMNS)
+    assert set(results.read_records(out)[0]) == set(RECORD_FIELDS) and (df["schema"] == SCHEMA_VERSION).all()
     assert df.attrs["env"]["threads"] == 1 and df.attrs["sweep"]["plugins"] == [str(FAKES)]
     captured = capsys.readouterr()
     assert "results:" in captured.out and "crashed 1" in captured.out
@@ -140,8 +140,11 @@ def test_sigkill_halfway_then_resume_has_every_point_once(tmp_path):
 
 def test_load_repairs_and_keys(tmp_path):
     path = tmp_path / "results.jsonl"
-    config = {"impl": "x", "family": "tlstm", "tensor_size": 2, "depth": 2}
-    record = {"key": point_key(config), "sweep": "s", "index": 0, "config": config, "status": "ok",
+    point = Point(impl="x", family="tlstm", tensor_size=2, depth=2, seq_len=4, batch=1, channels=3, input_size=2,
+                  kernel_size=3, mem_conv=True, norm=None, dtype="float32", mode="training", device="cpu", repeats=2,
+                  warmup=0, seed=0)
+    config = point.as_dict()
+    record = {"key": point.key, "sweep": "s", "index": 0, "config": config, "status": "ok",
               "message": "", "samples_s": [0.1, 0.2], "metrics": {"time_median_s": 0.15}, "env": {"torch": "t"}}
     results.append(path, record)
     results.append(path, {**record, "index": 1, "key": "other", "status": "timeout", "metrics": {}})
@@ -154,8 +157,8 @@ def test_load_repairs_and_keys(tmp_path):
     kept = results.repair(path)
     assert len(kept) == 2 and path.read_text().endswith("}\n")
     # the key is a function of the configuration only, order-independent
-    assert point_key(config) == point_key(dict(reversed(list(config.items()))))
-    assert point_key(config) != point_key({**config, "depth": 3})
+    assert Point.from_dict(dict(reversed(list(config.items())))).key == point.key
+    assert Point.from_dict({**config, "depth": 3}).key != point.key
 
 
 def test_ctrl_c_stops_worker_and_says_how_to_resume(tmp_path):

@@ -165,8 +165,8 @@ class FusedSequence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, dh, dc):
         x, weight_x, weight_h, bias_h, cn_a_weight, cn_a_bias, cn_c_weight, cn_c_bias, X, A, C = ctx.saved_tensors
-        grads = load_extension().backward(dy, dh, dc, x, weight_x, weight_h, bias_h, cn_a_weight, cn_a_bias, cn_c_weight,
-                                          cn_c_bias, X, A, C, ctx.tensor_size, ctx.mem_conv)
+        grads = load_extension().backward(dy, dh, dc, x, weight_x, weight_h, bias_h, cn_a_weight, cn_a_bias,
+                                          cn_c_weight, cn_c_bias, X, A, C, ctx.tensor_size, ctx.mem_conv)
         cn_grads = grads[7:] if cn_a_weight is not None else [None] * 4
         return (*grads[:7], *cn_grads, None, None)
 
@@ -180,7 +180,8 @@ def tlstm_forward(module: torch.nn.Module, x: Tensor, state: tuple[Tensor, Tenso
         raise ValueError(f"the cpp backend runs on CPU tensors; x is on {x.device}")
     if x.dtype not in DTYPES:
         allowed = ", ".join(str(d).removeprefix("torch.") for d in DTYPES)
-        raise ValueError(f"x dtype {str(x.dtype).removeprefix('torch.')} is not supported by the cpp backend; allowed: {allowed}")
+        raise ValueError(f"x dtype {str(x.dtype).removeprefix('torch.')} is not supported by the cpp backend; "
+                         f"allowed: {allowed}")
     if x.dtype != module.weight_h.dtype:
         raise ValueError(f"x dtype {x.dtype} must match the parameters' dtype {module.weight_h.dtype}")
     batch = x.shape[0]
@@ -193,7 +194,8 @@ def tlstm_forward(module: torch.nn.Module, x: Tensor, state: tuple[Tensor, Tenso
         for label, t in (("h", h0), ("c", c0)):
             if tuple(t.shape) != state_shape:
                 raise ValueError(f"state {label} must have shape [B, P, M] = {list(state_shape)}, got {list(t.shape)}")
-    cn = [getattr(module, n) for n in ("cn_a_weight", "cn_a_bias", "cn_c_weight", "cn_c_bias")] if cfg.norm == "cn" else [None] * 4
+    cn = ([getattr(module, n) for n in ("cn_a_weight", "cn_a_bias", "cn_c_weight", "cn_c_bias")]
+          if cfg.norm == "cn" else [None] * 4)
     inputs = (x, h0, c0, module.weight_x, module.bias_x, module.weight_h, module.bias_h, *cn)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     if needs_grad:

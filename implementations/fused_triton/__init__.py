@@ -68,7 +68,8 @@ def tlstm_forward(
         raise ValueError(f"path must be one of {ops.PATHS}, got {path!r}")
     dtype = module.weight_h.dtype
     if x.dtype != dtype or x.device != module.weight_h.device:
-        raise ValueError(f"x must have the module's dtype and device ({dtype}, {module.weight_h.device}), got {x.dtype}, {x.device}")
+        raise ValueError(f"x must have the module's dtype and device ({dtype}, {module.weight_h.device}), "
+                         f"got {x.dtype}, {x.device}")
     allowed = (torch.float32, torch.bfloat16, torch.float16)
     if dtype not in allowed:
         raise ValueError(f"dtype must be one of {[str(d) for d in allowed]} for the triton backend, got {dtype}")
@@ -91,7 +92,8 @@ def tlstm_forward(
     else:
         h0, c0 = state
         if tuple(h0.shape) != state_shape or tuple(c0.shape) != state_shape:
-            raise ValueError(f"state (h, c) must each have shape {list(state_shape)} [B, P, M], got {list(h0.shape)}, {list(c0.shape)}")
+            raise ValueError(f"state (h, c) must each have shape {list(state_shape)} [B, P, M], "
+                             f"got {list(h0.shape)}, {list(c0.shape)}")
     params = [getattr(module, name, None) for name in ops.PARAM_NAMES]
     inputs = [x, h0, c0, *(p for p in params if p is not None)]
     save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)

@@ -194,7 +194,7 @@ def tlstm_fwd_step_kernel(
 
 @triton.jit
 def tlstm_bwd_kernel(
-    z_ptr, h_ptr, c_ptr, a_ptr, dy_ptr, dh_ptr, dc_ptr, dz_ptr, w_ptr,
+    c_ptr, a_ptr, dy_ptr, dh_ptr, dc_ptr, dz_ptr, w_ptr,
     cnaw_ptr, cnab_ptr, cncw_ptr, cncb_ptr, dcn_ptr,
     B, T, M, P, L, G, S,
     K: tl.constexpr, D_UP: tl.constexpr, MEM_CONV: tl.constexpr, CN: tl.constexpr,

@@ -60,7 +60,8 @@ class Blocks:
     kq: int
 
 
-def choose_blocks(batch: int, channels: int, kernel_size: int, path: str, cn: bool, overrides: dict | None = None) -> Blocks:
+def choose_blocks(batch: int, channels: int, kernel_size: int, path: str, cn: bool,
+                  overrides: dict | None = None) -> Blocks:
     # tl.dot on a GPU needs every dimension >= 16; the interpreter takes any power of two, and
     # smaller tiles keep its numpy work (and the tests) short.
     floor = 1 if _interpreting() else 16
@@ -80,10 +81,12 @@ def choose_blocks(batch: int, channels: int, kernel_size: int, path: str, cn: bo
         if name not in blocks:
             raise ValueError(f"block override must be one of {sorted(blocks)}, got {name!r}")
         if value < floor or value & (value - 1):
-            raise ValueError(f"block {name} must be a power of two >= {floor} (tl.dot's minimum on a GPU is 16), got {value}")
+            raise ValueError(f"block {name} must be a power of two >= {floor} (tl.dot's minimum on a GPU is 16), "
+                             f"got {value}")
         blocks[name] = value
     if cn and blocks["bn"] < channels:
-        raise ValueError(f"with norm='cn' the channel tile bn must cover all channels (>= {channels}), got {blocks['bn']}")
+        raise ValueError(f"with norm='cn' the channel tile bn must cover all channels (>= {channels}), "
+                         f"got {blocks['bn']}")
     if blocks["kq"] < kernel_size:
         raise ValueError(f"block kq must be >= kernel_size={kernel_size}, got {blocks['kq']}")
     return Blocks(**blocks)
@@ -123,7 +126,8 @@ def _dot_operands(dtype: torch.dtype) -> tuple:
 
 
 def _alloc(shape, dtype, device, poison: bool) -> Tensor:
-    return torch.full(shape, float("nan"), dtype=dtype, device=device) if poison else torch.empty(shape, dtype=dtype, device=device)
+    return (torch.full(shape, float("nan"), dtype=dtype, device=device) if poison
+            else torch.empty(shape, dtype=dtype, device=device))
 
 
 def _kernel_consts(shp: Shape, blocks: Blocks, dtype: torch.dtype) -> dict:
@@ -240,7 +244,7 @@ def run_backward(shp: Shape, params: dict, bufs: _ForwardBuffers, x: Tensor, blo
     grid_b = _cdiv(B, blocks.bb)
     dcn = torch.full((grid_b, 10 * M) if shp.cn else (1,), float("nan"), dtype=f32, device=device)
     kernels.tlstm_bwd_kernel[(grid_b,)](
-        bufs.z, bufs.h, bufs.c, bufs.a, dy32, dh, dc, dz, params["weight_h"],
+        bufs.c, bufs.a, dy32, dh, dc, dz, params["weight_h"],
         params["cn_a_weight"], params["cn_a_bias"], params["cn_c_weight"], params["cn_c_bias"], dcn,
         B, T, M, P, shp.depth, G, S,
         BK=blocks.bkg, **_kernel_consts(shp, blocks, dtype), **LAUNCH_OPTIONS,

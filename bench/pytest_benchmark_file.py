@@ -6,12 +6,13 @@ entry's ``extra_info`` and the run's environment into a ``tlstm_bench`` section 
 module turns such a file into the same DataFrame ``bench.results.load`` returns for a sweep, so the
 report code has one input format:
 
-    df = bench.pbjson.load("run.json")      # one row per benchmark, status "ok"
-    df.attrs["env"], df.attrs["sweep"]       # environment; {"name", "command", "source", ...}
+    df = bench.pytest_benchmark_file.load("run.json")   # one row per benchmark, status "ok"
+    df.attrs["env"], df.attrs["sweep"]                   # environment; {"name", "command", "source", ...}
 
-Timing metrics are recomputed from pytest-benchmark's own statistics (median, quartiles, and the raw
-rounds when the file holds them), so a file edited or merged by pytest-benchmark's tools still reads
-consistently. Entries written by other benchmark suites (without the suite's ``extra_info``) are
+Timing metrics are recomputed from the raw rounds by the contract's one function
+(``bench.contract.timing_metrics``), with pytest-benchmark's median and quartiles standing in where a
+file holds no rounds, so a file edited or merged by pytest-benchmark's tools still reads consistently.
+Entries written by other benchmark suites (without the suite's ``extra_info``) are
 rejected with a message naming the entry.
 """
 
@@ -23,20 +24,11 @@ from typing import Any
 
 import pandas as pd
 
-from bench.results import CONFIG_FIELDS, METRIC_FIELDS
-from bench.sweep import point_key  # the sweeps' key: the same configuration gets the same key
-
-ENV_FIELDS = (
-    "torch", "cuda", "cudnn", "cpu_model", "gpu_model", "threads", "git_commit", "python", "platform",
-    "hostname", "matmul_gflops", "cudnn_allow_tf32", "matmul_allow_tf32", "cudnn_benchmark",
-)  # fmt: skip
-# The columns of bench.results.load, in its order.
-COLUMNS = (*CONFIG_FIELDS, "status", "message", *METRIC_FIELDS, "samples_s", "key", "sweep", "index", "started_at")
+from .contract import ENV_FIELDS, TIMING_FIELDS, Point, record_row, results_frame, timing_metrics
 
 # The top-level section bench/pytest_plugin.py adds to the JSON file (pytest_benchmark_update_json).
 SECTION = "tlstm_bench"
 SWEEP_NAME = "pytest-benchmark"
-NOISY_IQR_OVER_MEDIAN = 0.10
 
 
 class PytestBenchmarkFileError(ValueError):
@@ -59,37 +51,29 @@ def _env_from_machine_info(machine_info: dict[str, Any], commit_info: dict[str, 
 
 def _row(entry: dict[str, Any], index: int, source: str, started_at: str | None) -> dict[str, Any]:
     extra = entry.get("extra_info") or {}
+    name = entry.get("fullname", entry.get("name"))
     if "config" not in extra:
         raise PytestBenchmarkFileError(
-            f"{source}: benchmark {entry.get('fullname', entry.get('name'))!r} has no extra_info['config']; "
+            f"{source}: benchmark {name!r} has no extra_info['config']; "
             "only files written by the benchmarks in bench/ can be read"
         )
-    config = {field: extra["config"].get(field) for field in CONFIG_FIELDS}
+    try:
+        point = Point.from_dict(extra["config"])
+    except (ValueError, TypeError) as exc:
+        raise PytestBenchmarkFileError(f"{source}: benchmark {name!r}: extra_info['config']: {exc}") from None
     stats = entry.get("stats") or {}
-    median = stats.get("median")
     samples = list(stats.get("data") or [])
-    metrics: dict[str, Any] = {field: extra.get(field) for field in METRIC_FIELDS}
-    if median:
-        q1, q3 = stats.get("q1"), stats.get("q3")
-        iqr = stats.get("iqr", (q3 - q1) if q1 is not None and q3 is not None else None)
-        seq_len, batch, flops = config["seq_len"], config["batch"], metrics.get("flops")
-        metrics.update(
-            time_median_s=median,
-            time_q1_s=q1,
-            time_q3_s=q3,
-            time_iqr_s=iqr,
-            noisy=bool(iqr is not None and iqr / median > NOISY_IQR_OVER_MEDIAN),
-            time_per_step_s=median / seq_len if seq_len else None,
-            throughput_tokens_s=batch * seq_len / median if seq_len and batch else None,
-            gflops=flops / median / 1e9 if flops else None,
-        )
-    row: dict[str, Any] = {**config, "status": "ok", "message": extra.get("gate", ""), **metrics}
-    row["samples_s"] = samples
-    row["key"] = extra.get("key") or point_key(config)
-    row["sweep"] = SWEEP_NAME
-    row["index"] = index
-    row["started_at"] = started_at
-    return row
+    # the rest of extra_info as the metrics (record_row keeps the contract's, after upgrading old names)
+    metrics = {field: value for field, value in extra.items() if field not in TIMING_FIELDS}
+    # Recomputed from the raw rounds, so that these agree with the sweeps' metrics to the definition;
+    # pytest-benchmark's own median and quartiles stand in only for a file saved without its data.
+    quartiles = (stats.get("median"), stats.get("q1"), stats.get("q3"))
+    metrics.update(timing_metrics(samples, seq_len=point.seq_len, recurrent_steps=point.recurrent_steps,
+                                  batch=point.batch, flops=extra.get("flops", point.flops()), quartiles=quartiles))
+    record = {"config": point.as_dict(), "status": "ok", "message": extra.get("gate", ""), "samples_s": samples,
+              "metrics": metrics, "key": extra.get("key") or point.key, "sweep": SWEEP_NAME, "index": index,
+              "started_at": started_at, "schema": extra.get("schema", 1)}
+    return record_row(record)
 
 
 def load(path: str | Path) -> pd.DataFrame:
@@ -100,7 +84,7 @@ def load(path: str | Path) -> pd.DataFrame:
             raw samples only with ``--benchmark-save-data``; ``samples_s`` is then empty).
 
     Returns:
-        One row per benchmark, columns ``COLUMNS`` (those of ``bench.results.load``), status "ok"
+        One row per benchmark, columns ``bench.contract.COLUMNS`` (as ``bench.results.load``), status "ok"
         (pytest-benchmark writes only benchmarks that finished). ``df.attrs["env"]`` holds the
         environment, ``df.attrs["sweep"]`` the run's description with the reproducing command.
 
@@ -119,19 +103,17 @@ def load(path: str | Path) -> pd.DataFrame:
             f"{source} is not a pytest-benchmark file: expected a JSON object with a 'benchmarks' list"
         )
     rows = [_row(entry, i, source, data.get("datetime")) for i, entry in enumerate(data["benchmarks"])]
-    df = pd.DataFrame(rows, columns=list(COLUMNS))
-
     section = data.get(SECTION) or {}
     env = _env_from_machine_info(data.get("machine_info") or {}, data.get("commit_info") or {})
     env.update({k: v for k, v in (section.get("env") or {}).items() if v is not None or k not in env})
-    df.attrs["env"] = env
-    df.attrs["sweep"] = {
+    sweep = section.get("sweep") or {}
+    description = {
         "name": SWEEP_NAME,
-        "description": f"pytest-benchmark run, grid {section.get('grid')!r}",
+        "description": f"pytest-benchmark run of sweep {sweep.get('name', section.get('grid'))!r}",
         "source": source,
         "command": section.get("command"),
-        "grid": section.get("grid"),
+        "sweep": sweep,
         "datetime": data.get("datetime"),
         "pytest_benchmark_version": data.get("version"),
     }
-    return df
+    return results_frame(rows, env, description)

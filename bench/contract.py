@@ -1,0 +1,319 @@
+"""The suite's data contract: what a measured point is, what a results line holds, and how raw timing
+samples become the timing metrics.
+
+Every producer (sweep expansion, worker, measurement, the pytest-benchmark benchmarks) and every
+consumer (the results loader, the pytest-benchmark file loader, the report, the CLI's table) takes
+these definitions from here and keeps no copy of its own. Nothing here imports torch.
+
+A results file is JSON lines, one record per finished point (``RECORD_FIELDS``)::
+
+    {"schema": 2, "key": "<16 hex>", "sweep": "quick", "index": 3, "config": {<Point fields>},
+     "status": "ok", "message": "...", "samples_s": [...], "metrics": {<METRIC_FIELDS>},
+     "env": {...}, "started_at": "2026-12-01T14:00:00+00:00"}
+
+Records written before the schema had a version (schema 1) still load: :func:`upgrade` brings them
+to the current schema. Sizes: B batch, T sequence length, R input size, M channels, P tensor size,
+K kernel size, L depth, G gate channels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from implementations import ModelConfig
+
+SCHEMA_VERSION = 2
+
+# What became of a point. ok: passed the correctness gate and was timed; incorrect: failed the gate
+# (not timed); oom / crashed / timeout / unavailable / error: see bench.runner and bench.worker.
+STATUSES = ("ok", "incorrect", "oom", "crashed", "timeout", "unavailable", "error")
+FAMILIES = ("tlstm", "lstm")
+MODES = ("inference", "training")
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+# A point's timing is flagged noisy when its interquartile range exceeds this fraction of its median.
+NOISY_IQR_OVER_MEDIAN = 0.10
+
+
+class ContractError(ValueError):
+    """A point or a results record does not have the contract's fields; the message names them."""
+
+
+def recurrent_steps(family: str, seq_len: int, depth: int) -> int:
+    """Dependent steps one sequence takes: T + L - 1 for a tLSTM (the output lags the input by L - 1
+    steps), T for a stacked LSTM (whose L layer updates per step are counted inside the step)."""
+    return seq_len + depth - 1 if family == "tlstm" else seq_len
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measured configuration: an implementation at one value of every axis, with its budget.
+
+    ``tensor_size`` is P for a tLSTM; a stacked LSTM keeps it only when it was paired with a tLSTM of
+    that P (else None). ``norm`` is None or "cn". ``key`` is the stable identity ``--resume`` skips on.
+    """
+
+    impl: str
+    family: str
+    tensor_size: int | None
+    depth: int
+    seq_len: int
+    batch: int
+    channels: int
+    input_size: int
+    kernel_size: int
+    mem_conv: bool
+    norm: str | None
+    dtype: str
+    mode: str
+    device: str
+    repeats: int
+    warmup: int
+    seed: int
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> Point:
+        """A point from a results record's ``config`` (or a request to the worker)."""
+        if not isinstance(config, dict):
+            raise ContractError(f"a point's config must be a JSON object, got {type(config).__name__}")
+        missing = [name for name in CONFIG_FIELDS if name not in config]
+        unknown = sorted(set(config) - set(CONFIG_FIELDS))
+        if missing or unknown:
+            raise ContractError(
+                f"a point's config needs exactly the fields {', '.join(CONFIG_FIELDS)}"
+                + (f"; missing {', '.join(missing)}" if missing else "")
+                + (f"; unknown {', '.join(unknown)}" if unknown else "")
+            )
+        return cls(**config)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The point as a results record's ``config``."""
+        return asdict(self)
+
+    @cached_property
+    def key(self) -> str:
+        """A stable hash of the whole configuration (field order does not matter)."""
+        canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def model_config(self) -> ModelConfig:
+        """The ModelConfig to build: a tLSTM by its tensor size (depth derived), a stacked LSTM by depth."""
+        from implementations import ModelConfig  # torch is imported only where a model is built
+
+        if self.family == "tlstm":
+            return ModelConfig(self.input_size, self.channels, self.tensor_size, self.kernel_size, self.mem_conv,
+                               self.norm)
+        return ModelConfig(self.input_size, self.channels, None, self.kernel_size, self.mem_conv, self.norm,
+                           depth=self.depth)
+
+    @property
+    def recurrent_steps(self) -> int:
+        return recurrent_steps(self.family, self.seq_len, self.depth)
+
+    @property
+    def hidden_units(self) -> int:
+        """Units of hidden state: P*M for a tLSTM, L*M (all layers) for a stacked LSTM."""
+        return (self.tensor_size if self.family == "tlstm" else self.depth) * self.channels
+
+    def flops(self) -> int:
+        """FLOPs of one call (the whole batch and sequence) from the cost formulas (matrix work only).
+
+        tLSTM forward per sample: 2*R*M per input step (T steps) + 2*P*K*M*G per step (T+L-1 steps).
+        Stacked LSTM forward per sample: 2*4M*(R+M) + (L-1)*2*4M*2M per step, T steps.
+        Training adds a backward of about twice the forward's matrix work: 3x in all.
+        """
+        r, m, seq_len, depth = self.input_size, self.channels, self.seq_len, self.depth
+        if self.family == "tlstm":
+            gates = 4 * m + (self.kernel_size if self.mem_conv else 0)  # G
+            forward = 2 * r * m * seq_len + 2 * self.tensor_size * self.kernel_size * m * gates * self.recurrent_steps
+        else:
+            forward = (2 * 4 * m * (r + m) + (depth - 1) * 2 * 4 * m * 2 * m) * seq_len
+        forward *= self.batch
+        return 3 * forward if self.mode == "training" else forward
+
+    def describe(self) -> str:
+        """One short line for progress output."""
+        size = f"P={self.tensor_size} " if self.tensor_size is not None else ""
+        return (f"{self.impl} {size}L={self.depth} T={self.seq_len} B={self.batch} M={self.channels} "
+                f"{self.dtype} {self.mode} {self.device}")
+
+
+CONFIG_FIELDS = tuple(f.name for f in fields(Point))
+
+# Timing metrics: computed by timing_metrics() from the raw samples, nowhere else.
+TIMING_FIELDS = (
+    "time_median_s", "time_q1_s", "time_q3_s", "time_iqr_s", "noisy",
+    "time_per_step_s", "time_per_step_q1_s", "time_per_step_q3_s", "time_per_recurrent_step_s",
+    "throughput_tokens_s", "gflops",
+)  # fmt: skip
+METRIC_FIELDS = (
+    "params", "hidden_units", "backend", *TIMING_FIELDS, "flops", "peak_mem_bytes", "saved_bytes",
+    "rss_peak_bytes", "energy_j", "energy_note", "max_abs_err",
+)  # fmt: skip
+# The environment of a run (bench.measure.environment), recorded with every point.
+ENV_FIELDS = (
+    "torch", "cuda", "cudnn", "triton", "cpu_model", "cpu_flags", "cpu_capability", "gpu_model", "threads",
+    "git_commit", "python", "platform", "hostname", "matmul_gflops", "cudnn_allow_tf32", "matmul_allow_tf32",
+    "cudnn_benchmark",
+)  # fmt: skip
+RECORD_FIELDS = ("schema", "key", "sweep", "index", "config", "status", "message", "samples_s", "metrics", "env",
+                 "started_at")
+# One row per point in the loaded results frame (bench.results.load, bench.pytest_benchmark_file.load).
+COLUMNS = (*CONFIG_FIELDS, "status", "message", *METRIC_FIELDS, "samples_s", "key", "sweep", "index", "started_at",
+           "schema")
+NUMERIC_COLUMNS = (
+    "tensor_size", "depth", "seq_len", "batch", "channels", "input_size", "kernel_size", "params", "hidden_units",
+    *(name for name in TIMING_FIELDS if name != "noisy"), "flops", "peak_mem_bytes", "saved_bytes",
+    "rss_peak_bytes", "energy_j", "max_abs_err",
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# timing metrics
+
+
+def quantile(ordered: list[float], q: float) -> float:
+    """The q-quantile of sorted values, interpolated linearly (numpy's default method)."""
+    pos = (len(ordered) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def timing_metrics(
+    samples: list[float],
+    *,
+    seq_len: int,
+    recurrent_steps: int,
+    batch: int,
+    flops: float | None,
+    quartiles: tuple[float, float, float] | None = None,
+) -> dict[str, Any]:
+    """The timing metrics (``TIMING_FIELDS``) of one point from its raw seconds per call.
+
+    ``quartiles`` = (median, q1, q3) stands in for the samples only where none were kept (a
+    pytest-benchmark file saved without its data, a results frame built by hand). Returns {} when
+    there is neither. Time per step: per output step (call time / T) and per recurrent step (call time
+    / the dependent steps the model runs, ``recurrent_steps``).
+    """
+    if samples:
+        ordered = sorted(samples)
+        median, q1, q3 = quantile(ordered, 0.5), quantile(ordered, 0.25), quantile(ordered, 0.75)
+    elif quartiles is not None and all(v is not None and math.isfinite(v) for v in quartiles):
+        median, q1, q3 = (float(v) for v in quartiles)
+    else:
+        return {}
+    positive = median > 0
+    return {
+        "time_median_s": median,
+        "time_q1_s": q1,
+        "time_q3_s": q3,
+        "time_iqr_s": q3 - q1,
+        "noisy": (q3 - q1) / median > NOISY_IQR_OVER_MEDIAN if positive else True,
+        "time_per_step_s": median / seq_len,
+        "time_per_step_q1_s": q1 / seq_len,
+        "time_per_step_q3_s": q3 / seq_len,
+        "time_per_recurrent_step_s": median / recurrent_steps,
+        "throughput_tokens_s": batch * seq_len / median if positive else None,
+        "gflops": flops / median / 1e9 if positive and flops else None,
+    }
+
+
+def point_timing_metrics(point: Point, samples: list[float],
+                         quartiles: tuple[float, float, float] | None = None) -> dict[str, Any]:
+    """:func:`timing_metrics` for a point."""
+    return timing_metrics(samples, seq_len=point.seq_len, recurrent_steps=point.recurrent_steps, batch=point.batch,
+                          flops=point.flops(), quartiles=quartiles)
+
+
+# ---------------------------------------------------------------------------------------------------
+# records and rows
+
+
+def make_record(point: Point, *, status: str, message: str, samples_s: list[float], metrics: dict[str, Any],
+                env: dict[str, Any], sweep: str, index: int, started_at: str | None) -> dict[str, Any]:
+    """One results line, in the current schema."""
+    if status not in STATUSES:
+        raise ContractError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
+    return {"schema": SCHEMA_VERSION, "key": point.key, "sweep": sweep, "index": index, "config": point.as_dict(),
+            "status": status, "message": message, "samples_s": list(samples_s), "metrics": metrics, "env": env,
+            "started_at": started_at}
+
+
+def upgrade(record: dict[str, Any]) -> dict[str, Any]:
+    """A record of any earlier schema in the current one (a copy; the current schema is returned as is).
+
+    Schema 1 (no "schema" field): the metric "hidden_size" is now "hidden_units"; the per-step
+    quartiles and the time per recurrent step did not exist and are computed (from the kept samples,
+    by the same function as today's records); the metrics it did record are kept as written.
+    """
+    version = record.get("schema", 1)
+    if version == SCHEMA_VERSION:
+        return record
+    if version != 1:
+        raise ContractError(f"results schema {version!r} is unknown; this version reads schemas 1 to {SCHEMA_VERSION}")
+    record = {**record, "schema": SCHEMA_VERSION}
+    metrics = dict(record.get("metrics") or {})
+    if "hidden_size" in metrics:
+        metrics["hidden_units"] = metrics.pop("hidden_size")
+    try:
+        point = Point.from_dict(record.get("config"))
+    except (ContractError, TypeError):
+        point = None
+    if point is not None and metrics.get("time_median_s") is not None:
+        quartiles = (metrics.get("time_median_s"), metrics.get("time_q1_s"), metrics.get("time_q3_s"))
+        computed = timing_metrics(record.get("samples_s") or [], seq_len=point.seq_len,
+                                  recurrent_steps=point.recurrent_steps, batch=point.batch,
+                                  flops=metrics.get("flops"), quartiles=quartiles)
+        for name, value in computed.items():  # what schema 1 did not record
+            metrics.setdefault(name, value)
+    record["metrics"] = metrics
+    return record
+
+
+def record_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A results record (any schema) flattened into one row with the ``COLUMNS``."""
+    record = upgrade(record)
+    config, metrics = record.get("config") or {}, record.get("metrics") or {}
+    row = {name: config.get(name) for name in CONFIG_FIELDS}
+    row["status"] = record.get("status")
+    row["message"] = record.get("message", "")
+    row.update({name: metrics.get(name) for name in METRIC_FIELDS})
+    row["samples_s"] = list(record.get("samples_s") or [])
+    for name in ("key", "sweep", "index", "started_at", "schema"):
+        row[name] = record.get(name)
+    return row
+
+
+def results_frame(rows: list[dict[str, Any]], env: dict[str, Any], sweep: dict[str, Any]) -> pd.DataFrame:
+    """The results frame: one row per point with the ``COLUMNS`` in order; ``attrs["env"]`` and
+    ``attrs["sweep"]`` hold the environment and the sweep definition."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    df.attrs["env"] = env
+    df.attrs["sweep"] = sweep
+    return df
+
+
+# ---------------------------------------------------------------------------------------------------
+# presentation shared by the CLI and the report
+
+
+def format_seconds(seconds: Any) -> str:
+    """Seconds in the unit that keeps three significant digits readable (ns, µs, ms, s); missing as 'n/a'."""
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "n/a"
+    s = float(seconds)
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if abs(s) >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s / 1e-9:.3g} ns"
