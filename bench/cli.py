@@ -3,6 +3,7 @@
     tlstm-bench run [SWEEP] [--out DIR] [--resume] [--set AXIS=VALUES]... [--no-report]
     tlstm-bench list
     tlstm-bench report RESULTS [--out FILE] [--pytest-benchmark FILE.json]
+    tlstm-bench compare BASE NEW [--threshold 0.05]
 
 Input errors (bad sweep files, unknown axes or implementations, impossible values) are reported
 before anything runs, naming the file, the field and the allowed values, with exit code 2.
@@ -207,6 +208,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
+# compare
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from reports.compare import FASTER, SLOWER, compare, format_table
+
+    from . import results
+
+    if not 0 <= args.threshold < 10:
+        _error(f"--threshold must be a fraction between 0 and 10 (0.05 = 5%), got {args.threshold}")
+        return EXIT_USAGE
+    try:
+        base, new = results.load(args.base), results.load(args.new)
+    except (FileNotFoundError, ValueError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    table = compare(base, new, threshold=args.threshold)
+    print(format_table(table))
+    counts = table["verdict"].value_counts()
+    print(f"\n{len(table)} matched point(s): {counts.get(SLOWER, 0)} slower, {counts.get(FASTER, 0)} faster, "
+          f"the rest the same within {args.threshold:.0%} or their interval; unmatched: "
+          f"{table.attrs['unmatched_base']} only in BASE, {table.attrs['unmatched_new']} only in NEW")
+    if table.empty:
+        _error("no point to compare: the two runs share no ok point")
+        return EXIT_USAGE
+    return EXIT_FAILED if counts.get(SLOWER, 0) else EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------
 
 
 class _Parser(argparse.ArgumentParser):
@@ -242,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("--pytest-benchmark", metavar="FILE.json",
                           help="also include a pytest-benchmark JSON file (bench.pytest_benchmark_file.load)")
     p_report.set_defaults(func=_cmd_report)
+
+    p_compare = sub.add_parser("compare", help="compare two runs of a sweep point by point (exit 1 if slower)")
+    p_compare.add_argument("base", help="the baseline results directory or results.jsonl")
+    p_compare.add_argument("new", help="the results to check against it")
+    p_compare.add_argument("--threshold", type=float, default=0.05,
+                           help="a point is slower when new/base exceeds 1 + THRESHOLD and its whole 95%% interval "
+                                "lies above 1 (default 0.05)")
+    p_compare.set_defaults(func=_cmd_compare)
     return parser
 
 

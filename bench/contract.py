@@ -5,11 +5,15 @@ Every producer (sweep expansion, worker, measurement, the pytest-benchmark bench
 consumer (the results loader, the pytest-benchmark file loader, the report, the CLI's table) takes
 these definitions from here and keeps no copy of its own. Nothing here imports torch.
 
-A results file is JSON lines, one record per finished point (``RECORD_FIELDS``)::
+A results file is JSON lines, one record per point and worker process (``RECORD_FIELDS``)::
 
-    {"schema": 2, "key": "<16 hex>", "sweep": "quick", "index": 3, "config": {<Point fields>},
+    {"schema": 2, "key": "<16 hex>", "sweep": "quick", "index": 3, "process": 0, "config": {<Point fields>},
      "status": "ok", "message": "...", "samples_s": [...], "metrics": {<METRIC_FIELDS>},
      "env": {...}, "started_at": "2026-12-01T14:00:00+00:00"}
+
+A sweep with ``budget.processes = N`` measures every point in N worker processes, one record each
+(``process`` 0..N-1); the loader merges them into one row whose timing metrics use every sample and
+whose ``sample_processes`` says which process each sample came from.
 
 Records written before the schema had a version (schema 1) still load: :func:`upgrade` brings them
 to the current schema. Sizes: B batch, T sequence length, R input size, M channels, P tensor size,
@@ -153,11 +157,11 @@ CONFIG_FIELDS = tuple(f.name for f in fields(Point))
 TIMING_FIELDS = (
     "time_median_s", "time_q1_s", "time_q3_s", "time_iqr_s", "noisy",
     "time_per_step_s", "time_per_step_q1_s", "time_per_step_q3_s", "time_per_recurrent_step_s",
-    "throughput_tokens_s", "gflops",
+    "throughput_tokens_s", "gflops", "processes", "process_spread", "processes_disagree",
 )  # fmt: skip
 METRIC_FIELDS = (
     "params", "hidden_units", "backend", *TIMING_FIELDS, "flops", "peak_mem_bytes", "saved_bytes",
-    "rss_peak_bytes", "energy_j", "energy_note", "max_abs_err",
+    "rss_peak_bytes", "rss_delta_bytes", "energy_j", "energy_note", "max_abs_err",
 )  # fmt: skip
 # The environment of a run (bench.measure.environment), recorded with every point.
 ENV_FIELDS = (
@@ -165,15 +169,15 @@ ENV_FIELDS = (
     "git_commit", "python", "platform", "hostname", "matmul_gflops", "cudnn_allow_tf32", "matmul_allow_tf32",
     "cudnn_benchmark",
 )  # fmt: skip
-RECORD_FIELDS = ("schema", "key", "sweep", "index", "config", "status", "message", "samples_s", "metrics", "env",
-                 "started_at")
+RECORD_FIELDS = ("schema", "key", "sweep", "index", "process", "config", "status", "message", "samples_s", "metrics",
+                 "env", "started_at")
 # One row per point in the loaded results frame (bench.results.load, bench.pytest_benchmark_file.load).
-COLUMNS = (*CONFIG_FIELDS, "status", "message", *METRIC_FIELDS, "samples_s", "key", "sweep", "index", "started_at",
-           "schema")
+COLUMNS = (*CONFIG_FIELDS, "status", "message", *METRIC_FIELDS, "samples_s", "sample_processes", "key", "sweep",
+           "index", "started_at", "schema")
 NUMERIC_COLUMNS = (
     "tensor_size", "depth", "seq_len", "batch", "channels", "input_size", "kernel_size", "params", "hidden_units",
     *(name for name in TIMING_FIELDS if name != "noisy"), "flops", "peak_mem_bytes", "saved_bytes",
-    "rss_peak_bytes", "energy_j", "max_abs_err",
+    "rss_peak_bytes", "rss_delta_bytes", "energy_j", "max_abs_err",
 )  # fmt: skip
 
 
@@ -196,13 +200,16 @@ def timing_metrics(
     batch: int,
     flops: float | None,
     quartiles: tuple[float, float, float] | None = None,
+    processes: list[int] | None = None,
 ) -> dict[str, Any]:
     """The timing metrics (``TIMING_FIELDS``) of one point from its raw seconds per call.
 
     ``quartiles`` = (median, q1, q3) stands in for the samples only where none were kept (a
     pytest-benchmark file saved without its data, a results frame built by hand). Returns {} when
     there is neither. Time per step: per output step (call time / T) and per recurrent step (call time
-    / the dependent steps the model runs, ``recurrent_steps``).
+    / the dependent steps the model runs, ``recurrent_steps``). ``processes`` (one id per sample) gives
+    the spread between worker processes: the range of their medians over the pooled median; they
+    disagree when it exceeds the noise threshold.
     """
     if samples:
         ordered = sorted(samples)
@@ -212,6 +219,12 @@ def timing_metrics(
     else:
         return {}
     positive = median > 0
+    ids = processes if processes is not None and len(processes) == len(samples) else [0] * len(samples)
+    by_process: dict[int, list[float]] = {}
+    for pid, value in zip(ids, samples):
+        by_process.setdefault(pid, []).append(value)
+    medians = [quantile(sorted(values), 0.5) for values in by_process.values()]
+    spread = (max(medians) - min(medians)) / median if len(medians) > 1 and positive else None
     return {
         "time_median_s": median,
         "time_q1_s": q1,
@@ -224,14 +237,17 @@ def timing_metrics(
         "time_per_recurrent_step_s": median / recurrent_steps,
         "throughput_tokens_s": batch * seq_len / median if positive else None,
         "gflops": flops / median / 1e9 if positive and flops else None,
+        "processes": max(len(by_process), 1),
+        "process_spread": spread,
+        "processes_disagree": spread is not None and spread > NOISY_IQR_OVER_MEDIAN,
     }
 
 
-def point_timing_metrics(point: Point, samples: list[float],
-                         quartiles: tuple[float, float, float] | None = None) -> dict[str, Any]:
+def point_timing_metrics(point: Point, samples: list[float], quartiles: tuple[float, float, float] | None = None,
+                         processes: list[int] | None = None) -> dict[str, Any]:
     """:func:`timing_metrics` for a point."""
     return timing_metrics(samples, seq_len=point.seq_len, recurrent_steps=point.recurrent_steps, batch=point.batch,
-                          flops=point.flops(), quartiles=quartiles)
+                          flops=point.flops(), quartiles=quartiles, processes=processes)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -239,11 +255,13 @@ def point_timing_metrics(point: Point, samples: list[float],
 
 
 def make_record(point: Point, *, status: str, message: str, samples_s: list[float], metrics: dict[str, Any],
-                env: dict[str, Any], sweep: str, index: int, started_at: str | None) -> dict[str, Any]:
+                env: dict[str, Any], sweep: str, index: int, started_at: str | None,
+                process: int = 0) -> dict[str, Any]:
     """One results line, in the current schema."""
     if status not in STATUSES:
         raise ContractError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
-    return {"schema": SCHEMA_VERSION, "key": point.key, "sweep": sweep, "index": index, "config": point.as_dict(),
+    return {"schema": SCHEMA_VERSION, "key": point.key, "sweep": sweep, "index": index, "process": process,
+            "config": point.as_dict(),
             "status": status, "message": message, "samples_s": list(samples_s), "metrics": metrics, "env": env,
             "started_at": started_at}
 
@@ -288,9 +306,33 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
     row["message"] = record.get("message", "")
     row.update({name: metrics.get(name) for name in METRIC_FIELDS})
     row["samples_s"] = list(record.get("samples_s") or [])
+    row["sample_processes"] = [record.get("process", 0)] * len(row["samples_s"])
     for name in ("key", "sweep", "index", "started_at", "schema"):
         row[name] = record.get(name)
     return row
+
+
+def merge_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the rows of one point measured in several worker processes (in process order).
+
+    The status is "ok" only when every process's is; otherwise the first other status, its message
+    prefixed with the process. The samples of the ok processes are pooled and every timing metric is
+    computed from all of them; the other metrics are the first ok process's.
+    """
+    if len(rows) == 1:
+        return rows[0]
+    ok = [row for row in rows if row["status"] == "ok"]
+    failed = [(i, row) for i, row in enumerate(rows) if row["status"] != "ok"]
+    merged = dict((ok or rows)[0])
+    if failed:
+        process, first = failed[0]
+        merged["status"] = first["status"]
+        merged["message"] = f"process {process}: {first['message']}"
+    merged["samples_s"] = [value for row in ok for value in row["samples_s"]]
+    merged["sample_processes"] = [pid for row in ok for pid in row["sample_processes"]]
+    point = Point.from_dict({name: merged[name] for name in CONFIG_FIELDS})
+    merged.update(point_timing_metrics(point, merged["samples_s"], processes=merged["sample_processes"]))
+    return merged
 
 
 def results_frame(rows: list[dict[str, Any]], env: dict[str, Any], sweep: dict[str, Any]) -> pd.DataFrame:

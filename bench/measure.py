@@ -297,7 +297,8 @@ def peak_rss_bytes() -> int | None:
 
 def memory(model: nn.Module, x: torch.Tensor, mode: str, device: torch.device | str) -> dict[str, Any]:
     """One untimed call measuring memory: the CUDA allocator's peak (GPU), the bytes of activations saved
-    for backward (training; parameters excluded, each storage counted once) and the peak RSS."""
+    for backward (training; parameters excluded, each storage counted once), the peak RSS and how far
+    the call raised it above the RSS before it (None where the peak mark cannot be reset)."""
     device = torch.device(device)
     fn = make_call(model, x, mode, device)
     param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -310,16 +311,20 @@ def memory(model: nn.Module, x: torch.Tensor, mode: str, device: torch.device | 
         return tensor
 
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if mode == "training" else nullcontext()
-    _reset_peak_rss()
+    # the peak mark starts at the current RSS, so the delta is what this call added, whatever ran before
+    reset = _reset_peak_rss()
+    rss_before = proc_field("/proc/self/status", "VmRSS")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     with hooks:
         fn()
+    peak = peak_rss_bytes()
     return {
         "peak_mem_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "saved_bytes": sum(saved.values()) if mode == "training" else None,
-        "rss_peak_bytes": peak_rss_bytes(),
+        "rss_peak_bytes": peak,
+        "rss_delta_bytes": peak - int(rss_before.split()[0]) * 1024 if reset and rss_before and peak else None,
     }
 
 
@@ -404,6 +409,7 @@ def metrics(
         "peak_mem_bytes": None,
         "saved_bytes": None,
         "rss_peak_bytes": None,
+        "rss_delta_bytes": None,
     }
     row.update(memory_stats or {})
     row.update(point_timing_metrics(point, samples))

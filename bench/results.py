@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from .contract import record_row, results_frame
+from .contract import merge_rows, record_row, results_frame
 
 RESULTS_FILE = "results.jsonl"
 SWEEP_FILE = "sweep.json"
@@ -86,7 +86,8 @@ def append(path: str | os.PathLike, record: dict[str, Any]) -> None:
 def load(path: str | os.PathLike) -> pd.DataFrame:
     """The results as a tidy DataFrame: one row per point, columns ``bench.contract.COLUMNS``.
 
-    Records of an earlier schema are upgraded (``bench.contract.upgrade``). ``df.attrs["env"]`` is the
+    Records of an earlier schema are upgraded (``bench.contract.upgrade``); the records of one point
+    measured in several worker processes are merged (``bench.contract.merge_rows``). ``df.attrs["env"]`` is the
     environment of the first point (``df.attrs["envs"]`` lists them all when a resumed run changed
     machine or versions); ``df.attrs["sweep"]`` is ``sweep.json`` from the same directory ({} if absent).
     Missing metrics are None/NaN. If a point appears twice, the last line wins.
@@ -102,10 +103,15 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
             envs.append(env)
     sweep_file = path.parent / SWEEP_FILE
     sweep = json.loads(sweep_file.read_text()) if sweep_file.exists() else {}
-    df = results_frame([record_row(r) for r in records], envs[0] if envs else {}, sweep)
+    # one row per point: its processes' records merged (a process measured twice: the last record wins)
+    by_key: dict[Any, dict[int, dict[str, Any]]] = {}
+    for record in records:
+        by_key.setdefault(record.get("key"), {})[record.get("process", 0)] = record_row(record)
+    rows = [merge_rows([by_process[p] for p in sorted(by_process)]) for by_process in by_key.values()]
+    df = results_frame(rows, envs[0] if envs else {}, sweep)
     if len(df):
         attrs = df.attrs
-        df = df.drop_duplicates("key", keep="last").sort_values("index", kind="stable").reset_index(drop=True)
+        df = df.sort_values("index", kind="stable").reset_index(drop=True)
         df.attrs = attrs
     if len(envs) > 1:
         df.attrs["envs"] = envs

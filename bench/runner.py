@@ -9,10 +9,16 @@ waits for each reply with the point's timeout and turns what the worker cannot r
 
 Every finished point is appended to ``results.jsonl`` before the next starts, so a run killed at any
 moment loses at most the point in flight; ``resume=True`` skips the points already in the file.
+
+With ``budget.processes = N`` every point is measured in N worker processes: for each comparison
+group (the implementations at one configuration), round 0 runs every implementation in worker 0,
+round 1 in worker 1, and so on, so the processes and the implementations are interleaved in time and
+the spread between processes is measured, not confounded with drift over the run.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import selectors
@@ -20,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -165,20 +171,27 @@ class Runner:
     def __init__(self, sweep: Sweep, out_dir: Path) -> None:
         self.sweep = sweep
         self.out_dir = out_dir
-        self.worker: Worker | None = None
+        self.workers: dict[int, Worker] = {}  # process index -> its worker
         self.env: dict[str, Any] | None = None
 
-    def _worker(self) -> Worker:
-        if self.worker is None or self.worker.proc.poll() is not None:
-            self.worker = Worker(self.sweep.plugins, self.sweep.base_dir, self.out_dir / "worker.log",
-                                 self.sweep.budget["threads"])
-        return self.worker
+    def _worker(self, process: int = 0) -> Worker:
+        worker = self.workers.get(process)
+        if worker is None or worker.proc.poll() is not None:
+            worker = Worker(self.sweep.plugins, self.sweep.base_dir, self.out_dir / "worker.log",
+                            self.sweep.budget["threads"])
+            self.workers[process] = worker
+        return worker
 
-    def _drop_worker(self) -> None:
-        if self.worker is not None:
-            self.worker.kill()
-            self.worker.close()
-            self.worker = None
+    def _drop_worker(self, process: int) -> None:
+        worker = self.workers.pop(process, None)
+        if worker is not None:
+            worker.kill()
+            worker.close()
+
+    def _close_workers(self) -> None:
+        for worker in self.workers.values():
+            worker.close()
+        self.workers.clear()
 
     def environment(self, points: list[Point]) -> dict[str, Any]:
         """Measured once per run, in a worker, on the devices and dtypes the points use."""
@@ -188,54 +201,68 @@ class Runner:
             self.env = self._worker().request({"op": "env", "devices": devices, "dtypes": dtypes}, ENV_TIMEOUT_S)["env"]
         return self.env
 
-    def request_point(self, point: Point) -> dict[str, Any]:
-        """The worker's reply for one point, or a ``timeout`` / ``crashed`` reply when it has none."""
+    def request_point(self, point: Point, process: int = 0) -> dict[str, Any]:
+        """Worker ``process``'s reply for one point, or a ``timeout`` / ``crashed`` reply when it has none."""
         timeout_s = self.sweep.budget["timeout_s"]
-        worker = self._worker()
+        worker = self._worker(process)
         try:
             request = {"op": "point", "config": point.as_dict(), "energy": self.sweep.budget["energy"],
                        "min_time_s": self.sweep.budget["min_time_s"]}
             return worker.request(request, timeout_s)
         except WorkerTimeout:
-            self._drop_worker()
+            self._drop_worker(process)
             return {"status": "timeout", "message": f"no result within timeout_s = {timeout_s:g} s; "
                     "the worker was killed and replaced", "samples_s": [], "metrics": {}}
         except WorkerGone as gone:
             tail = worker.log_tail()
-            self._drop_worker()
+            self._drop_worker(process)
             message = f"the worker died with {describe_exit(gone.returncode)} during this point"
             if gone.returncode == -signal.SIGKILL:
                 message += " (SIGKILL from outside: often the kernel's out-of-memory killer)"
             return {"status": "crashed", "message": message + (f"; its last output: {tail}" if tail else ""),
                     "samples_s": [], "metrics": {}}
 
+    def schedule(self, points: list[Point]) -> Iterator[tuple[int, Point, int]]:
+        """(index, point, process) in measuring order: per comparison group, one round per process."""
+        processes = self.sweep.budget["processes"]
+
+        def group(item: tuple[int, Point]) -> tuple:
+            point = item[1]  # everything but the implementation (and the width a params pairing chose)
+            return (point.depth, point.seq_len, point.batch, point.input_size, point.kernel_size, point.mem_conv,
+                    point.norm, point.dtype, point.mode, point.device)
+
+        for _, members in itertools.groupby(enumerate(points), key=group):
+            members = list(members)
+            for process in range(processes):
+                for index, point in members:
+                    yield index, point, process
+
     def run(self, points: list[Point], *, resume: bool, progress: ProgressFn | None = None) -> RunSummary:
         """Measure every point not yet in the results file; append each result as it comes."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / results.RESULTS_FILE
-        done = {record["key"] for record in results.repair(path)} if resume else set()
-        todo = [(i, p) for i, p in enumerate(points) if p.key not in done]
-        summary = RunSummary(self.out_dir, total=len(points), skipped=len(points) - len(todo))
+        done = {(r.get("key"), r.get("process", 0)) for r in results.repair(path)} if resume else set()
+        schedule = list(self.schedule(points))
+        todo = [(i, p, process) for i, p, process in schedule if (p.key, process) not in done]
+        summary = RunSummary(self.out_dir, total=len(schedule), skipped=len(schedule) - len(todo))
         started = time.monotonic()
         try:
             if todo:
-                env = self.environment([p for _, p in todo])
-            for n, (index, point) in enumerate(todo):
+                env = self.environment([p for _, p, _ in todo])
+            for n, (index, point, process) in enumerate(todo):
                 if progress:
                     progress(n, len(todo), point, None, time.monotonic() - started)
                 started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                reply = self.request_point(point)
+                reply = self.request_point(point, process)
                 record = make_record(point, status=reply["status"], message=reply.get("message", ""),
                                      samples_s=reply.get("samples_s", []), metrics=reply.get("metrics", {}), env=env,
-                                     sweep=self.sweep.name, index=index, started_at=started_at)
+                                     sweep=self.sweep.name, index=index, started_at=started_at, process=process)
                 results.append(path, record)
                 summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
                 if progress:
                     progress(n + 1, len(todo), point, record["status"], time.monotonic() - started)
         finally:
-            if self.worker is not None:
-                self.worker.close()
-                self.worker = None
+            self._close_workers()
             summary.wall_s = time.monotonic() - started
         return summary
 

@@ -15,6 +15,7 @@ A sweep file (``bench/sweeps/*.toml`` or any path)::
     timeout_s = 120                  # per point, gate + warm-up + timing + memory pass
     energy = true                    # measure energy (NVML / RAPL) over a >= 1 s window when readable
     threads = 0                      # torch intra-op threads in the worker; 0 = torch's default
+    processes = 1                    # worker processes each point is measured in (rounds interleaved)
 
     [axes]                           # every combination is one point per implementation
     tensor_size = [1, 2, 4, 8]       # P for tLSTMs; or `depth = [...]` (L) instead
@@ -76,6 +77,7 @@ BUDGET: dict[str, tuple[str, Any, Any]] = {
     "timeout_s": ("float", 0.1, 300.0),
     "energy": ("bool", None, True),
     "threads": ("int", 0, 0),
+    "processes": ("int", 1, 1),
 }
 TOP_LEVEL = ("name", "description", "implementations", "pair", "seed", "plugins", "budget", "axes")
 # Fields --set may override besides the axes.

@@ -88,7 +88,8 @@ def _fill_timing(out: pd.DataFrame) -> None:
     """Rows with a median but no per-step metrics (a frame built by hand) get them from the contract's
     one timing function, from their samples or, without samples, their quartiles."""
     todo = out.index[out["time_median_s"].notna() & out["time_per_step_s"].isna() & out["seq_len"].notna()]
-    out["noisy"] = out["noisy"].astype(object)  # a column of NaN is float; the flag is a bool
+    for flag in ("noisy", "processes_disagree"):
+        out[flag] = out[flag].astype(object)  # a column of NaN is float; the flag is a bool
     for i in todo:
         row = out.loc[i]
         depth = row["depth"] if pd.notna(row["depth"]) else 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -57,13 +58,26 @@ _LINESTYLES = ("-", "--", "-.", ":")
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
-def _styles(labels: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """A fixed colour, dash and marker per line label, so an implementation looks the same in every
-    figure and two lines that coincide (equal parameter counts) both stay visible."""
-    cmap = plt.get_cmap("tab10")
-    return {label: {"color": cmap(i % 10), "linestyle": _LINESTYLES[i % len(_LINESTYLES)],
-                    "marker": _MARKERS[i % len(_MARKERS)]}
-            for i, label in enumerate(sorted(set(labels)))}
+# One colour and marker per implementation in every figure of every report: the built-ins by name,
+# any other implementation by a hash of its name. The variant (tLSTM-M, +CN, ...) sets the dash.
+_IMPL_STYLES = {
+    "tlstm_fused": ("#d62728", "o"),
+    "lstm_cudnn": ("#1f77b4", "s"),
+    "tlstm_naive": ("#7f7f7f", "^"),
+    "tlstm_compiled": ("#9467bd", "D"),
+}
+_VARIANT_DASHES = {"tLSTM": "-", "sLSTM": "-", "tLSTM-M": "--", "tLSTM-F": "-.", "tLSTM+CN": ":"}
+
+
+def style_for(label: str) -> dict[str, Any]:
+    """The colour, dash and marker of a line labelled ``impl`` or ``impl [variant]``."""
+    impl, _, variant = label.partition(" [")
+    variant = variant.rstrip("]")
+    color, marker = _IMPL_STYLES.get(impl) or (
+        plt.get_cmap("tab10")(zlib.crc32(impl.encode()) % 10), _MARKERS[zlib.crc32(impl.encode()) % len(_MARKERS)])
+    dash = _VARIANT_DASHES.get(variant, _LINESTYLES[zlib.crc32(variant.encode()) % len(_LINESTYLES)] if variant
+                               else "-")
+    return {"color": color, "linestyle": dash, "marker": marker}
 
 
 def _spans_decades(values: Iterable[float], ratio: float = 8.0) -> bool:
@@ -205,7 +219,6 @@ def _line_figure(
     fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
                         wspace=gap_w / panel_w, hspace=gap_h / panel_h)
     handles: dict[str, Any] = {}
-    styles = _styles(rows["label"])
     # x is shared by all panels (same sizes); y is judged per panel, since batch sizes or memory
     # metrics in different panels can sit decades apart while each panel spans little
     log_x = _spans_decades([v for p in panels for s in p[2] for v in s.x])
@@ -216,7 +229,7 @@ def _line_figure(
         ax = axes[i][j]
         drawn_axes.add((i, j))
         for s in series:
-            style = styles[s.label]
+            style = style_for(s.label)
             color = style["color"]
             (line,) = ax.plot(s.x, s.y * y_scale, markersize=4, linewidth=1.6, label=s.label, **style)
             handles.setdefault(s.label, line)
@@ -279,20 +292,33 @@ def _caption(base: str, notes: list[str]) -> str:
 # the figures
 
 
-def _params_vs(ok: pd.DataFrame, x: str, slug: str, title: str, xlabel: str, caption: str, hint: str) -> Figure:
+def _params_vs(ok: pd.DataFrame, x: str, slug: str, title: str, xlabel: str, caption: str, hint: str,
+               reference: Callable[[Any, dict[str, Any]], None] | None = None) -> Figure:
     png, notes = _line_figure(ok[ok["params"].notna()], x=x, y="params", lo=None, hi=None, row_dims=(), col_dims=(),
-                              slice_dims=("channels", "input_size"), xlabel=xlabel, ylabel="parameters (count)")
+                              slice_dims=("channels", "input_size"), xlabel=xlabel, ylabel="parameters (count)",
+                              reference=reference)
     if png is None:
         return Figure(slug, title, _caption(caption, notes), missing=hint)
     return Figure(slug, title, _caption(caption, notes), png)
 
 
 def fig_wider(ok: pd.DataFrame) -> Figure:
+    widths = sorted({float(v) for v in ok["hidden_units"].dropna()})
+
+    def wide_lstm(ax: Any, context: dict[str, Any]) -> None:
+        inputs = context.get("input_size")
+        if inputs is None or len(widths) < 2:
+            return
+        h = np.array(widths)  # one nn.LSTM layer as wide as the hidden state: 4H(R+H) + 8H parameters
+        ax.plot(h, 4 * h * (float(inputs) + h) + 8 * h, color="black", linestyle=":", linewidth=1.4,
+                label="one LSTM layer of that width (formula)")
+
     return _params_vs(ok, "hidden_units", "wider", "Wider: parameters vs hidden-state size",
                       "hidden-state size (units: P·M for tLSTM, L·M for stacked LSTM)",
                       "A flat tLSTM line means a wider hidden state costs no parameters; the stacked LSTM's line "
-                      "rises with every layer.",
-                      "needs parameter counts at two or more hidden sizes: run `tlstm-bench run quick`")
+                      "rises with every layer, and one LSTM layer as wide as the tLSTM's hidden state (dotted, from "
+                      "nn.LSTM's parameter formula) rises with the square of its width.",
+                      "needs parameter counts at two or more hidden sizes: run `tlstm-bench run quick`", wide_lstm)
 
 
 def fig_cheaper(ok: pd.DataFrame) -> Figure:
@@ -337,21 +363,12 @@ def fig_time_vs_seq_len(ok: pd.DataFrame) -> Figure:
     )
 
 
-def fig_time_vs_tensor_size(ok: pd.DataFrame) -> Figure:
-    return _time_vs(
-        ok[ok["tensor_size"].notna()], "tensor_size", "time_vs_tensor_size", "Time per timestep vs tensor size",
-        "tensor size P (locations)",
-        "How the cost of one tLSTM step grows with the number of hidden locations (stacked LSTMs paired by "
-        "size appear at their matched P).",
-        "needs timed tLSTM points at two or more tensor sizes: run `tlstm-bench run quick`",
-        ("dtype", "seq_len", "channels", "input_size"),
-    )
-
-
+# Deterministic quantities (the allocator's peak, the bytes saved for backward), and the resident set as
+# the rise one call caused: the peak RSS itself depends on what the worker ran before.
 MEMORY_METRICS = (
     ("cuda", "peak_mem_bytes", "CUDA allocator peak"),
     ("cpu", "saved_bytes", "saved for backward"),
-    ("cpu", "rss_peak_bytes", "worker peak RSS"),
+    ("cpu", "rss_delta_bytes", "RSS rise during one call"),
 )
 
 
@@ -379,7 +396,8 @@ def _memory_vs(ok: pd.DataFrame, x: str, slug: str, title: str, xlabel: str, hin
                               ylabel="memory (MiB)")
     caption = _caption("Training steps (inference where no training point has the metric). On a GPU: the "
                        "CUDA allocator's peak. On a CPU: bytes saved for backward (the activations a training "
-                       "step keeps) and the worker's peak RSS (includes the Python process and libraries). One "
+                       "step keeps) and how far one call raised the worker's resident set above where it stood "
+                       "before the call (the peak RSS itself depends on what ran earlier in the worker). One "
                        "measurement per point, so no band.",
                        notes)
     if png is None:
@@ -514,6 +532,44 @@ def matmul_rate(recorded: Any, device: Any, dtype: Any) -> float | None:
     return None
 
 
+def fig_headline(slices: list[dict[str, Any]]) -> Figure:
+    """The fastest tLSTM against the fastest stacked LSTM, time per step vs depth normalised to the smallest
+    depth, at the smallest and the largest batch (training where measured): the Faster claim's slices."""
+    title = "Time per step vs depth, fastest tLSTM against fastest stacked LSTM"
+    caption = ("Time per output step on a linear axis, so the slope of each line is what one more layer costs: the "
+               "Faster rule compares these slopes. A flat line is depth for free. Bands: 95% bootstrap intervals "
+               "from the raw samples. One panel per batch size (the smallest and the largest measured; training "
+               "where measured); the implementations are the fastest of each family in that slice.")
+    if not slices:
+        return Figure("headline", title, caption, missing="needs tLSTM and stacked-LSTM points at two or more "
+                      "depths in one slice: run `tlstm-bench run depth`")
+    batches = sorted({d["batch"] for d in slices})
+    panels = []
+    for batch in dict.fromkeys([batches[0], batches[-1]]):
+        candidates = [d for d in slices if d["batch"] == batch]
+        training = [d for d in candidates if d["mode"] == "training"] or candidates
+        panels.append(max(training, key=lambda d: (len(d["depths"]), d["channels"], d["seq_len"])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.2, 3.6), squeeze=False)
+    for ax, entry in zip(axes[0], panels):
+        lines = (entry["tlstm_line"], entry["lstm_line"])
+        unit, scale = _time_unit([v for line in lines for v in line.medians])
+        for line in lines:
+            label = line.impl if line.variant in ("tLSTM", "sLSTM") else f"{line.impl} [{line.variant}]"
+            lo, hi = np.nanpercentile(line.replicates, [2.5, 97.5], axis=0)
+            style = style_for(label)
+            ax.plot(line.depths, line.medians / scale, markersize=4, linewidth=1.8, label=label, **style)
+            ax.fill_between(line.depths, lo / scale, hi / scale, color=style["color"], alpha=0.22, linewidth=0)
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"batch {_fmt_value(entry['batch'])}, {entry['mode']}, T={_fmt_value(entry['seq_len'])}, "
+                     f"M={_fmt_value(entry['channels'])}, {entry['dtype']} {entry['device']}", fontsize=9.5)
+        ax.set_xlabel("depth L (layers)")
+        ax.set_ylabel(f"time per output step ({unit})")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8.5, frameon=False)
+    fig.tight_layout()
+    return Figure("headline", title, caption, _png(fig))
+
+
 def build_figures(df: pd.DataFrame, env: dict[str, Any] | None = None) -> list[Figure]:
     """Every figure of the report, in reading order, from a normalized frame; ``env`` defaults to
     ``df.attrs["env"]`` (it supplies the torch.mm reference rate)."""
@@ -528,7 +584,6 @@ def build_figures(df: pd.DataFrame, env: dict[str, Any] | None = None) -> list[F
         fig_cheaper(ok),
         fig_time_vs_depth(ok),
         fig_time_vs_seq_len(ok),
-        fig_time_vs_tensor_size(ok),
         fig_memory_vs_depth(ok),
         fig_memory_vs_seq_len(ok),
         fig_speedups(ok),

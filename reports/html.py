@@ -19,11 +19,11 @@ import pandas as pd
 
 from bench.contract import format_seconds
 
-from .claims import FAILS, HOLDS, NOT_MEASURED, PARTLY, Claim, judge_claims
+from .claims import BY_CONSTRUCTION, FAILS, HOLDS, NOT_MEASURED, PARTLY, UNDECIDED, Claim, judge_claims
 from .data import ReportInputError, line_labels, normalize
-from .figures import Figure, build_figures, matched_speedups
+from .figures import Figure, build_figures, fig_headline, matched_speedups
 
-SECTIONS = ("claims", "figures", "summary", "speedups", "failures", "environment", "sweep", "reproduce")
+SECTIONS = ("headline", "claims", "figures", "summary", "speedups", "failures", "environment", "sweep", "reproduce")
 
 CSS = """
 :root { --fg: #1b1f24; --muted: #57606a; --line: #d0d7de; --bg-alt: #f6f8fa; }
@@ -45,6 +45,11 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .v-part { background: #fff8c5; }
 .v-fails { background: #ffebe9; }
 .v-none { background: #eaeef2; }
+.v-undecided { background: #ddf4ff; }
+ul.headline { font-size: 1.05em; padding-left: 1.2em; }
+ul.headline li { margin: 4px 0; }
+.caveats { border: 1px solid #d4a72c; background: #fff8c5; padding: 8px 14px; margin: 12px 0; font-size: 0.92em; }
+.caveats ul { margin: 4px 0; padding-left: 1.2em; }
 .noisy { color: #9a6700; font-weight: 600; }
 .rule { color: var(--muted); font-size: 0.92em; }
 figure { margin: 14px 0 26px; }
@@ -67,7 +72,8 @@ details summary { cursor: pointer; color: var(--muted); }
 }
 """
 
-_VERDICT_CLASS = {HOLDS: "v-holds", PARTLY: "v-part", FAILS: "v-fails", NOT_MEASURED: "v-none"}
+_VERDICT_CLASS = {HOLDS: "v-holds", BY_CONSTRUCTION: "v-holds", PARTLY: "v-part", FAILS: "v-fails",
+                  UNDECIDED: "v-undecided", NOT_MEASURED: "v-none"}
 _KEY_SIZES = ("device", "dtype", "mode", "batch", "seq_len", "channels", "input_size", "depth")
 _SIZE_NAMES = {"seq_len": "T", "channels": "M", "input_size": "R", "depth": "L", "batch": "B"}
 
@@ -116,20 +122,67 @@ def _claims_html(claims: list[Claim]) -> str:
     return body
 
 
+def _figure_html(f: Figure, heading: str, paths: dict[str, pathlib.Path], out_dir: pathlib.Path) -> str:
+    if f.png is None:
+        return f'<div class="fig">{heading}<p class="missing">Not in these results: {_e(f.missing)}.</p></div>'
+    data = base64.b64encode(f.png).decode("ascii")
+    rel = paths[f.slug].relative_to(out_dir)
+    return (f'<div class="fig">{heading}<figure><img alt="{_e(f.title)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_e(f.caption)} <span class=\"rule\">(PNG: {_e(rel)})</span></figcaption></figure></div>")
+
+
+def _caveats_html(df: pd.DataFrame, env: dict[str, Any]) -> str:
+    """What a reader must know before trusting a number: the machine, the threads, its matmul rate, the noise."""
+    ok = df[(df["status"] == "ok") & df["time_median_s"].notna()]
+    devices = sorted({str(d) for d in ok["device"].dropna()}) or ["not recorded"]
+    machine = []
+    if "cuda" in devices:
+        machine.append(f"GPU: {env.get('gpu_model') or 'not recorded'} (CUDA {env.get('cuda')}, cuDNN "
+                       f"{env.get('cudnn')})")
+    if "cpu" in devices or not machine:
+        flags = env.get("cpu_flags")
+        flag_text = ", ".join(flags) if isinstance(flags, list) and flags else "instruction sets not recorded"
+        machine.append(f"CPU: {env.get('cpu_model') or 'not recorded'} ({flag_text}), no GPU used"
+                       if "cuda" not in devices else f"CPU: {env.get('cpu_model') or 'not recorded'}")
+    threads = env.get("threads")
+    rates = env.get("matmul_gflops")
+    rate_text = (", ".join(f"{k}: {v:g} GFLOP/s" for k, v in rates.items()) if isinstance(rates, dict) and rates
+                 else "not measured")
+    relative_iqr = (ok["time_iqr_s"] / ok["time_median_s"]).median()
+    items = [
+        "; ".join(machine),
+        f"torch intra-op threads: {threads if threads is not None else 'not recorded'}; torch {env.get('torch')}",
+        f"this machine's torch.mm rate at the start of the run: {rate_text}",
+        f"noise within a process: median IQR / median over the {len(ok)} timed point(s) = "
+        + (f"{relative_iqr:.1%}" if pd.notna(relative_iqr) else "n/a")
+        + f"; {int(ok['noisy'].sum())} point(s) flagged noisy (above 10%)",
+    ]
+    spread = ok["process_spread"].dropna() if "process_spread" in ok else pd.Series(dtype=float)
+    if len(spread):
+        disagree = int(ok["processes_disagree"].fillna(False).astype(bool).sum())
+        items.append(f"noise across worker processes: {int(ok['processes'].max())} processes per point; median spread "
+                     f"of their medians {spread.median():.1%} (max {spread.max():.1%}); {disagree} point(s) whose "
+                     "processes disagree by more than 10%")
+    else:
+        items.append("noise across processes: not measured (each point ran in one worker process; separate runs "
+                     "of the same sweep have differed by 30% on shared machines). Set budget.processes = 3 to "
+                     "measure it")
+    return ('<div class="caveats"><b>Read these numbers with:</b><ul>'
+            + "".join(f"<li>{_e(item)}</li>" for item in items) + "</ul></div>")
+
+
+def _headline_html(df: pd.DataFrame, env: dict[str, Any], claims: list[Claim], headline: Figure,
+                   paths: dict[str, pathlib.Path], out_dir: pathlib.Path) -> str:
+    sentences = "".join(f"<li>{_e(c.headline or f'{c.name}: {c.verdict}.')}</li>" for c in claims)
+    return (f'<ul class="headline">{sentences}</ul>' + _caveats_html(df, env)
+            + _figure_html(headline, f"<h3>{_e(headline.title)}</h3>", paths, out_dir))
+
+
 def _figures_html(figures: list[Figure], paths: dict[str, pathlib.Path], out_dir: pathlib.Path) -> str:
     parts = []
     for i, f in enumerate(figures, start=1):
         heading = f'<h3 id="fig-{_e(f.slug)}">{i}. {_e(f.title)}</h3>'
-        if f.png is None:
-            parts.append(f'<div class="fig">{heading}'
-                         f'<p class="missing">Not in these results: {_e(f.missing)}.</p></div>')
-            continue
-        data = base64.b64encode(f.png).decode("ascii")
-        rel = paths[f.slug].relative_to(out_dir)
-        parts.append(
-            f'<div class="fig">{heading}<figure><img alt="{_e(f.title)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{_e(f.caption)} <span class=\"rule\">(PNG: {_e(rel)})</span></figcaption></figure></div>"
-        )
+        parts.append(_figure_html(f, heading, paths, out_dir))
     return "\n".join(parts)
 
 
@@ -167,10 +220,13 @@ def _summary_html(df: pd.DataFrame) -> str:
                 continue
             median = group["time_per_step_s"].median()
             iqr = (group["time_iqr_s"] / group["seq_len"]).median()
+            recurrent = group["time_per_recurrent_step_s"].median()
             noisy = bool(group["noisy"].any())
             text = f"{format_seconds(median)}"
             if not math.isnan(iqr):
                 text += f" <span class=\"rule\">IQR {format_seconds(iqr)}</span>"
+            if not math.isnan(recurrent) and not math.isclose(recurrent, median, rel_tol=1e-9):
+                text += f" <span class=\"rule\">({format_seconds(recurrent)} per recurrent step)</span>"
             if noisy:
                 text += ' <span class="noisy" title="IQR/median above 10%">noisy</span>'
             row.append(text)
@@ -180,7 +236,9 @@ def _summary_html(df: pd.DataFrame) -> str:
     if fixed:
         note = "<p>Same for every point: " + ", ".join(f"{_e(_SIZE_NAMES.get(k, k))} = {_e(_cell(v))}"
                                                         for k, v in fixed.items()) + ".</p>"
-    return (note + "<p>Median time per timestep (time per call / T) and its IQR; <span class=\"noisy\">noisy</span> "
+    return (note + "<p>Median time per output step (time per call / T; what the Faster rule reads) and its IQR; "
+            "where it differs, the time per recurrent step (time per call / the T + L - 1 steps a tLSTM runs); "
+            "<span class=\"noisy\">noisy</span> "
             "marks points whose IQR exceeds 10% of the median.</p>"
             + _table(header, rows, numeric=set(range(len(index), len(header)))))
 
@@ -252,7 +310,7 @@ def _sweep_html(df: pd.DataFrame, sweep: Any) -> tuple[str, str]:
 
 
 def render_html(df: pd.DataFrame, claims: list[Claim], figures: list[Figure], paths: dict[str, pathlib.Path],
-                out_dir: pathlib.Path) -> str:
+                out_dir: pathlib.Path, headline: Figure | None = None) -> str:
     """The whole report as one HTML string (figures inline)."""
     env = df.attrs.get("env") if isinstance(df.attrs.get("env"), dict) else {}
     sweep = df.attrs.get("sweep") if isinstance(df.attrs.get("sweep"), dict) else {}
@@ -281,6 +339,10 @@ def render_html(df: pd.DataFrame, claims: list[Claim], figures: list[Figure], pa
 commit {_e(env.get("git_commit") or "not recorded")}; built {_e(stamp)}.</p>
 <nav>{nav}</nav>
 </header>
+<section id="headline">
+<h2>In short</h2>
+{_headline_html(df, env, claims, headline or fig_headline([]), paths, out_dir)}
+</section>
 <section id="claims">
 <h2>The paper's four claims, judged from these results</h2>
 <p>He et al. (NIPS 2017) claim tensorized LSTMs are wider, deeper, cheaper and faster than stacked LSTMs.
@@ -345,6 +407,8 @@ def build_report(df: pd.DataFrame, out: pathlib.Path) -> pathlib.Path:
     # pandas deep-copies attrs into every derived frame, which dominated the build time; work without
     frame.attrs = {}
     claims = judge_claims(frame)
+    faster = next(c for c in claims if c.name == "Faster")
+    headline = fig_headline(faster.data)
     figures = build_figures(frame, attrs.get("env") or {})
     frame.attrs = attrs
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -353,13 +417,13 @@ def build_report(df: pd.DataFrame, out: pathlib.Path) -> pathlib.Path:
     for stale in fig_dir.glob("[0-9][0-9]_*.png"):
         stale.unlink()  # a figure absent this time must not linger from an earlier build
     paths: dict[str, pathlib.Path] = {}
-    for i, figure in enumerate(figures, start=1):
+    for i, figure in enumerate([headline, *figures]):
         if figure.png is None:
             continue
         png_path = fig_dir / f"{i:02d}_{figure.slug}.png"
         png_path.write_bytes(figure.png)
         paths[figure.slug] = png_path
-    path.write_text(render_html(frame, claims, figures, paths, path.parent), encoding="utf-8")
+    path.write_text(render_html(frame, claims, figures, paths, path.parent, headline), encoding="utf-8")
     return path
 
 

@@ -85,7 +85,7 @@ def test_absent_data_gives_a_line_naming_the_sweep_not_an_empty_figure(tmp_path)
     figures = reports.build_figures(reports.normalize(df))
     drawn = [f for f in figures if f.png is not None]
     missing = [f for f in figures if f.png is None]
-    assert {f.slug for f in missing} >= {"time_vs_depth", "time_vs_seq_len", "time_vs_tensor_size", "wider"}
+    assert {f.slug for f in missing} >= {"time_vs_depth", "time_vs_seq_len", "wider"}
     assert all(f.missing and "tlstm-bench run" in f.missing for f in missing)
     assert text.count("<img") == len(drawn)
     assert len(list((tmp_path / "r_figures").glob("*.png"))) == len(drawn)

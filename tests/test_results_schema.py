@@ -104,3 +104,23 @@ def test_timing_metrics_from_samples():
 def test_format_seconds():
     assert [contract.format_seconds(v) for v in (2.5, 0.0123, 4.56e-5, 7e-9, None, float("nan"))] == [
         "2.5 s", "12.3 ms", "45.6 µs", "7 ns", "n/a", "n/a"]
+
+
+def _row(process: int, status: str = "ok", samples=(0.1, 0.2, 0.3)) -> dict:
+    record = contract.make_record(POINT, status=status, message="m" if status != "ok" else "", samples_s=list(samples),
+                                  metrics={"params": 7}, env={}, sweep="s", index=0, started_at=None, process=process)
+    return contract.record_row(record)
+
+
+def test_merge_rows_pools_the_samples_of_every_process():
+    merged = contract.merge_rows([_row(0), _row(1, samples=(0.2, 0.3, 0.4)), _row(2, samples=(0.3, 0.4, 0.5))])
+    assert merged["status"] == "ok" and merged["sample_processes"] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert merged["time_median_s"] == pytest.approx(0.3) and merged["processes"] == 3
+    assert merged["process_spread"] == pytest.approx((0.4 - 0.2) / 0.3) and merged["processes_disagree"] is True
+    assert merged["params"] == 7
+
+
+def test_merge_rows_reports_a_failed_process():
+    merged = contract.merge_rows([_row(0), _row(1, status="timeout", samples=())])
+    assert merged["status"] == "timeout" and merged["message"] == "process 1: m"
+    assert merged["samples_s"] == [0.1, 0.2, 0.3]

@@ -180,3 +180,26 @@ def test_ctrl_c_stops_worker_and_says_how_to_resume(tmp_path):
     err = proc.stderr.read()
     assert "interrupted" in err and "--resume" in err and "--set repeats=3" in err and str(out) in err
     assert 1 <= len(results.read_records(path)) < 8
+
+
+def test_processes_interleave_rounds_and_merge_into_one_row(tmp_path, fakes_cleanup, capsys):
+    sweep = _write_sweep(tmp_path / "p.toml", ["fake_ok", "lstm_cudnn"], [1, 2])
+    out = tmp_path / "out"
+    argv = ["run", str(sweep), "--out", str(out), "--no-report", "--quiet", "--set", "processes=3"]
+    assert cli.main(argv) == 0
+    records = results.read_records(out)
+    # per comparison group (one tensor size): round 0 of both implementations, then round 1, then round 2
+    order = [(r["config"]["tensor_size"], r["process"], r["config"]["impl"]) for r in records]
+    assert order == [(p, r, i) for p in (1, 2) for r in range(3) for i in ("fake_ok", "lstm_cudnn")]
+    df = results.load(out)
+    assert len(df) == 4 and (df["processes"] == 3).all()
+    for _, row in df.iterrows():
+        assert sorted(set(row["sample_processes"])) == [0, 1, 2] and len(row["samples_s"]) == 3 * 2
+        assert row["process_spread"] >= 0 and isinstance(row["processes_disagree"], bool)
+    # a process killed before its record: --resume measures only what is missing
+    kept = [line for line in (out / "results.jsonl").read_text().splitlines() if json.loads(line)["process"] != 2]
+    (out / "results.jsonl").write_text("\n".join(kept) + "\n")
+    assert cli.main(argv + ["--resume"]) == 0
+    again = results.read_records(out)
+    assert len(again) == 12 and sorted(r["process"] for r in again[8:]) == [2, 2, 2, 2]
+    assert "8 already done, 4 run" in capsys.readouterr().out  # 8 of the 12 measurements were kept
