@@ -16,11 +16,14 @@ import json
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import implementations
 
+from . import results
 from .contract import format_seconds
+from .outdir import OutputBusy, OutputLock, atomic_write
 from .sweep import SweepError, load_sweep, shipped_sweeps
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -70,10 +73,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _latest_results(sweep_name: str) -> Path:
-    candidates = sorted(p.parent for p in RESULTS_ROOT.glob(f"{sweep_name}-*/results.jsonl"))
+    candidates = sorted(p.parent for p in RESULTS_ROOT.glob(f"{sweep_name}-*/sweep.json"))
     if not candidates:
-        raise UsageError(f"--resume: no earlier results for sweep {sweep_name!r} under {RESULTS_ROOT}/; "
-                         "give the directory with --out DIR")
+        raise UsageError(f"--resume: no earlier run of sweep {sweep_name!r} under {RESULTS_ROOT}/; "
+                         "give its directory with --out DIR")
     return candidates[-1]
 
 
@@ -82,26 +85,33 @@ def _out_dir(args: argparse.Namespace, sweep_name: str) -> Path:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {out}: exists and is not a directory")
-        if args.resume and not (out / "results.jsonl").exists():
-            raise UsageError(f"--out {out}: --resume needs an earlier run's results.jsonl there, found none")
-        if not args.resume and (out / "results.jsonl").exists():
-            raise UsageError(f"--out {out}: already holds results.jsonl; add --resume to continue that run, "
-                             "or choose another directory")
         return out
     if args.resume:
         return _latest_results(sweep_name)
     return RESULTS_ROOT / f"{sweep_name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _check_started(args: argparse.Namespace, out: Path) -> None:
+    """--resume needs an earlier run in ``out``, a new run an empty one (checked under the lock)."""
+    started = (out / results.SWEEP_FILE).exists() or (out / results.RESULTS_FILE).exists()
+    if args.resume and not started:
+        raise UsageError(f"--out {out}: --resume needs an earlier run there (its sweep.json), found none")
+    if not args.resume and started:
+        raise UsageError(f"--out {out}: already holds a run; add --resume to continue it, or choose another "
+                         "directory")
+
+
 def _write_sweep_json(out: Path, sweep, argv: list[str], resume: bool) -> None:
-    path = out / "sweep.json"
     command = "tlstm-bench " + shlex.join(argv)
-    if resume and path.exists():
-        data = json.loads(path.read_text())
+    if resume and (out / results.SWEEP_FILE).exists():
+        try:
+            data = results.read_sweep(out)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         data.setdefault("resumed_with", []).append(command)
     else:
         data = {**sweep.as_dict(), "command": command}
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    atomic_write(out / results.SWEEP_FILE, json.dumps(data, indent=2) + "\n")
 
 
 def summary_table(df) -> str:
@@ -121,9 +131,6 @@ def summary_table(df) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from . import results
-    from .runner import Runner, progress_printer
-
     try:
         sweep = load_sweep(args.sweep, args.set)
         points = sweep.points()
@@ -131,26 +138,53 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (SweepError, UsageError) as exc:
         _error(str(exc))
         return EXIT_USAGE
-    out.mkdir(parents=True, exist_ok=True)
-    _write_sweep_json(out, sweep, args.argv, args.resume)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = OutputLock(out).__enter__()  # held until this function returns (released by exit at worst)
+    except OutputBusy as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except OSError as exc:
+        _error(f"--out {out}: cannot create or write there ({exc.strerror or exc})")
+        return EXIT_USAGE
+    try:
+        return _run_locked(args, sweep, points, out)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _run_locked(args: argparse.Namespace, sweep, points, out: Path) -> int:
+    """The run itself, with the output directory's lock held."""
+    from .runner import Runner, progress_printer
+
+    try:
+        _check_started(args, out)
+        _write_sweep_json(out, sweep, args.argv, args.resume)
+        (out / results.RESULTS_FILE).touch()  # from here on the run can be resumed, even before its first point
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except OSError as exc:
+        _error(f"--out {out}: cannot write there ({exc.strerror or exc})")
+        return EXIT_USAGE
     print(f"sweep {sweep.name}: {len(points)} points -> {out}", file=sys.stderr)
     runner = Runner(sweep, out)
     try:
         summary = runner.run(points, resume=args.resume, progress=None if args.quiet else progress_printer())
     except KeyboardInterrupt:
         again = list(args.argv) + ([] if args.out else ["--out", str(out)]) + ([] if args.resume else ["--resume"])
-        _error(f"interrupted; finished points are in {out / 'results.jsonl'}; continue with "
+        _error(f"interrupted; finished points are in {out / results.RESULTS_FILE}; continue with "
                f"tlstm-bench {shlex.join(again)}")
         return EXIT_INTERRUPTED
     except Exception as exc:  # the worker cannot start, say: results so far are kept
-        _error(f"the run stopped: {exc}; finished points are in {out / 'results.jsonl'}")
+        _error(f"the run stopped: {exc}; finished points are in {out / results.RESULTS_FILE}")
         return EXIT_FAILED
     df = results.load(out)
     counts = ", ".join(f"{s} {n}" for s, n in df["status"].value_counts().items())
     print(f"\n{len(df)} points ({counts}); {summary.skipped} already done, {summary.total - summary.skipped} run "
           f"in {summary.wall_s:.1f} s")
     print(summary_table(df))
-    print(f"results: {out / 'results.jsonl'}")
+    print(f"results: {out / results.RESULTS_FILE}")
     if args.no_report:
         return EXIT_OK
     return _build_report(df, out / "report.html")
@@ -173,8 +207,6 @@ def _build_report(df, out_file: Path) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from . import results
-
     frames = []
     try:
         if args.results is not None:
@@ -213,8 +245,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from reports.compare import FASTER, SLOWER, compare, format_table
-
-    from . import results
 
     if not 0 <= args.threshold < 10:
         _error(f"--threshold must be a fraction between 0 and 10 (0.05 = 5%), got {args.threshold}")
@@ -290,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     if not hasattr(args, "func"):
         return _cmd_list(args)
-    return args.func(args)
+    with warnings.catch_warnings():
+        # a skipped results line (or any other warning) as one line, not Python's two with a source line
+        warnings.showwarning = lambda message, *_: print(f"tlstm-bench: warning: {message}", file=sys.stderr)
+        return args.func(args)
 
 
 if __name__ == "__main__":

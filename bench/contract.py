@@ -144,6 +144,21 @@ class Point:
         forward *= self.batch
         return 3 * forward if self.mode == "training" else forward
 
+    def memory_floor_bytes(self) -> int:
+        """A lower bound on the memory one call needs (what a training step must keep for backward, or
+        what inference must hold), below any implementation's real use: a point above the machine's
+        memory cannot run anywhere."""
+        size = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}[self.dtype]
+        b, t, r, m = self.batch, self.seq_len, self.input_size, self.channels
+        if self.family == "tlstm":
+            gates = 4 * m + (self.kernel_size if self.mem_conv else 0)
+            per_step = b * self.tensor_size * (gates + 2 * m)  # pre-activations, h and c of every location
+            kept = per_step * self.recurrent_steps if self.mode == "training" else per_step
+        else:
+            per_step = b * self.depth * 6 * m  # four gates, h and c of every layer
+            kept = per_step * t if self.mode == "training" else per_step
+        return (kept + b * t * (r + m)) * size  # plus the input and the output sequence
+
     def describe(self) -> str:
         """One short line for progress output."""
         size = f"P={self.tensor_size} " if self.tensor_size is not None else ""
@@ -266,6 +281,27 @@ def make_record(point: Point, *, status: str, message: str, samples_s: list[floa
             "started_at": started_at}
 
 
+def record_problem(record: Any) -> str | None:
+    """None if ``record`` has the shape of a results record (any schema), else what is wrong with it."""
+    if not isinstance(record, dict):
+        return f"a record is a JSON object, got {type(record).__name__}"
+    if not isinstance(record.get("key"), str):
+        return "no 'key' string"
+    if not isinstance(record.get("config"), dict):
+        return "'config' is not an object"
+    if record.get("status") not in STATUSES:
+        return f"'status' must be one of {', '.join(STATUSES)}, got {record.get('status')!r}"
+    if not isinstance(record.get("metrics") or {}, dict):
+        return f"'metrics' is not an object (got {type(record.get('metrics')).__name__})"
+    samples = record.get("samples_s") or []
+    if not isinstance(samples, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 for v in samples):
+        return "'samples_s' is not a list of numbers"
+    if not isinstance(record.get("process", 0), int) or isinstance(record.get("process", 0), bool):
+        return "'process' is not an integer"
+    return None
+
+
 def upgrade(record: dict[str, Any]) -> dict[str, Any]:
     """A record of any earlier schema in the current one (a copy; the current schema is returned as is).
 
@@ -330,7 +366,10 @@ def merge_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
         merged["message"] = f"process {process}: {first['message']}"
     merged["samples_s"] = [value for row in ok for value in row["samples_s"]]
     merged["sample_processes"] = [pid for row in ok for pid in row["sample_processes"]]
-    point = Point.from_dict({name: merged[name] for name in CONFIG_FIELDS})
+    try:
+        point = Point.from_dict({name: merged[name] for name in CONFIG_FIELDS})
+    except (ContractError, TypeError):  # a hand-written config without every field: keep the first metrics
+        return merged
     merged.update(point_timing_metrics(point, merged["samples_s"], processes=merged["sample_processes"]))
     return merged
 

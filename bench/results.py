@@ -15,7 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from .contract import merge_rows, record_row, results_frame
+from .contract import merge_rows, record_problem, record_row, results_frame
+from .outdir import OutputLock
 
 RESULTS_FILE = "results.jsonl"
 SWEEP_FILE = "sweep.json"
@@ -27,32 +28,39 @@ def results_path(path: str | os.PathLike) -> Path:
     return path / RESULTS_FILE if path.is_dir() else path
 
 
+class ResultsWarning(UserWarning):
+    """A results line was skipped; the message names the file, the line and why."""
+
+
 def _good_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """The parsed complete lines, and the byte offset just after the last one."""
+    """The records of the complete, readable lines, and the byte offset just after the last complete line.
+
+    A line that is not JSON (or not UTF-8), or not a record of the contract, is skipped with a
+    ResultsWarning naming its line number; a last line without its newline is a write cut short.
+    """
     records: list[dict[str, Any]] = []
     good_end = 0
-    offset = 0
     with open(path, "rb") as f:
         data = f.read()
-    for raw in data.splitlines(keepends=True):
-        offset += len(raw)
+    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
         if not raw.endswith(b"\n"):
             break  # a line cut short by a kill: not a result
+        good_end += len(raw)
         try:
             record = json.loads(raw)
-        except json.JSONDecodeError:
-            if offset == len(data):
-                break  # a torn last line
-            warnings.warn(f"{path}: skipping an unreadable line at byte {offset - len(raw)}", stacklevel=3)
-            good_end = offset
+        except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for a byte that is not UTF-8
+            problem = f"not a JSON line ({type(exc).__name__}: {exc})"
+        else:
+            problem = record_problem(record)
+        if problem:
+            warnings.warn(f"{path}: line {number} skipped: {problem}", ResultsWarning, stacklevel=3)
             continue
         records.append(record)
-        good_end = offset
     return records, good_end
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every complete record in a results file (a torn last line is ignored)."""
+    """Every readable record in a results file (a torn last line is ignored, unreadable lines skipped)."""
     path = results_path(path)
     if not path.exists():
         return []
@@ -61,16 +69,20 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def repair(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Cut off a torn last line (left by a kill mid-write) so the next append starts on a fresh line;
-    returns the complete records."""
+    returns the readable records. Takes the output directory's lock (re-entrant), so the bytes it cuts
+    can belong to no other writer."""
     path = results_path(path)
-    if not path.exists():
+    if not path.parent.is_dir():
         return []
-    records, good_end = _good_lines(path)
-    if good_end != path.stat().st_size:
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-            f.flush()
-            os.fsync(f.fileno())
+    with OutputLock(path.parent):
+        if not path.exists():
+            return []
+        records, good_end = _good_lines(path)
+        if good_end != path.stat().st_size:
+            with open(path, "r+b") as f:
+                f.truncate(good_end)
+                f.flush()
+                os.fsync(f.fileno())
     return records
 
 
@@ -81,6 +93,20 @@ def append(path: str | os.PathLike, record: dict[str, Any]) -> None:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
+
+
+def read_sweep(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """``<out>/sweep.json`` ({} if absent); a file that is not a JSON object raises ValueError naming it."""
+    sweep_file = Path(out_dir) / SWEEP_FILE
+    if not sweep_file.exists():
+        return {}
+    try:
+        sweep = json.loads(sweep_file.read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"{sweep_file}: not a readable sweep definition ({type(exc).__name__}: {exc})") from None
+    if not isinstance(sweep, dict):
+        raise ValueError(f"{sweep_file}: not a sweep definition (a JSON object), got {type(sweep).__name__}")
+    return sweep
 
 
 def load(path: str | os.PathLike) -> pd.DataFrame:
@@ -101,8 +127,7 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
         env = record.get("env") or {}
         if env not in envs:
             envs.append(env)
-    sweep_file = path.parent / SWEEP_FILE
-    sweep = json.loads(sweep_file.read_text()) if sweep_file.exists() else {}
+    sweep = read_sweep(path.parent)
     # one row per point: its processes' records merged (a process measured twice: the last record wins)
     by_key: dict[Any, dict[int, dict[str, Any]]] = {}
     for record in records:

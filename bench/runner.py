@@ -28,15 +28,26 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import results
 from .contract import Point, make_record
+from .outdir import OutputLock
 from .sweep import Sweep
 
 WORKER_STARTUP_TIMEOUT_S = 180.0
+# The worker's entry point. Not `python -m bench.worker`, which puts the current directory first on
+# sys.path, so that a `reports.py` or `pynvml.py` lying where the user runs would be imported: the
+# first path entry (the current directory, for -c) is removed before anything else is imported.
+WORKER_BOOT = (
+    "import sys\n"
+    "if sys.path and sys.path[0] == '':\n"
+    "    del sys.path[0]\n"
+    "import runpy\n"
+    "runpy.run_module('bench.worker', run_name='__main__', alter_sys=True)\n"
+)
 ENV_TIMEOUT_S = 300.0
 LOG_TAIL_LINES = 4
 
@@ -67,13 +78,13 @@ def describe_exit(returncode: int | None) -> str:
 
 
 class Worker:
-    """One ``python -m bench.worker`` process and its JSON-lines pipes."""
+    """One worker process (``bench.worker``, started by ``WORKER_BOOT``) and its JSON-lines pipes."""
 
     def __init__(self, plugins: list[str], base_dir: str | None, log_path: Path, threads: int = 0) -> None:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.worker", json.dumps(plugins), base_dir or "", str(threads)],
+            [sys.executable, "-c", WORKER_BOOT, json.dumps(plugins), base_dir or "", str(threads)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -84,7 +95,13 @@ class Worker:
         self._buffer = b""
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.proc.stdout, selectors.EVENT_READ)
-        ready = self.receive(WORKER_STARTUP_TIMEOUT_S)
+        try:
+            ready = self.receive(WORKER_STARTUP_TIMEOUT_S)
+        except (WorkerGone, WorkerTimeout) as exc:
+            tail = self.log_tail()
+            self.close()
+            raise RuntimeError(f"the worker did not start: {exc}" + (f"; its last output: {tail}" if tail else "")
+                               + f" (all of it in {log_path})") from None
         if ready.get("op") != "ready":
             raise RuntimeError(f"worker sent {ready!r} instead of ready")
 
@@ -238,8 +255,13 @@ class Runner:
                     yield index, point, process
 
     def run(self, points: list[Point], *, resume: bool, progress: ProgressFn | None = None) -> RunSummary:
-        """Measure every point not yet in the results file; append each result as it comes."""
+        """Measure every point not yet in the results file; append each result as it comes. Holds the
+        output directory's lock throughout (OutputBusy if another run holds it)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        with OutputLock(self.out_dir):
+            return self._run(points, resume=resume, progress=progress)
+
+    def _run(self, points: list[Point], *, resume: bool, progress: ProgressFn | None) -> RunSummary:
         path = self.out_dir / results.RESULTS_FILE
         done = {(r.get("key"), r.get("process", 0)) for r in results.repair(path)} if resume else set()
         schedule = list(self.schedule(points))
@@ -252,7 +274,7 @@ class Runner:
             for n, (index, point, process) in enumerate(todo):
                 if progress:
                     progress(n, len(todo), point, None, time.monotonic() - started)
-                started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                started_at = datetime.now(UTC).isoformat(timespec="seconds")
                 reply = self.request_point(point, process)
                 record = make_record(point, status=reply["status"], message=reply.get("message", ""),
                                      samples_s=reply.get("samples_s", []), metrics=reply.get("metrics", {}), env=env,

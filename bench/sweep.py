@@ -16,6 +16,7 @@ A sweep file (``bench/sweeps/*.toml`` or any path)::
     energy = true                    # measure energy (NVML / RAPL) over a >= 1 s window when readable
     threads = 0                      # torch intra-op threads in the worker; 0 = torch's default
     processes = 1                    # worker processes each point is measured in (rounds interleaved)
+    oversubscribe = false            # allow threads above the machine's cores
 
     [axes]                           # every combination is one point per implementation
     tensor_size = [1, 2, 4, 8]       # P for tLSTMs; or `depth = [...]` (L) instead
@@ -35,13 +36,14 @@ import hashlib
 import importlib
 import importlib.util
 import itertools
+import math
 import os
+import re
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from . import contract
 from .contract import DTYPES, MODES, Point
@@ -55,30 +57,35 @@ PAIRS = ("depth", "params")
 # Axis name -> (kind, minimum or allowed values, default values). Order here is the expansion order:
 # the last axes vary fastest, and the implementation varies fastest of all so that implementations are
 # measured interleaved, close together in time.
+# Numbers carry (minimum, maximum): the maxima keep a typo from asking the machine for the impossible
+# (sizes whose tensors would not fit are refused separately, from an estimate of their memory).
 AXES: dict[str, tuple[str, Any, list[Any] | None]] = {
     "device": ("choice", DEVICES, ["auto"]),
     "dtype": ("choice", DTYPES, ["float32"]),
     "mode": ("choice", MODES, ["training"]),
-    "input_size": ("int", 1, [64]),
-    "channels": ("int", 1, [64]),
-    "kernel_size": ("int", 2, [3]),
+    "input_size": ("int", (1, 65536), [64]),
+    "channels": ("int", (1, 65536), [64]),
+    "kernel_size": ("int", (2, 64), [3]),
     "mem_conv": ("bool", None, [True]),
     "norm": ("choice", NORMS, ["none"]),
-    "batch": ("int", 1, [16]),
-    "seq_len": ("int", 1, [64]),
-    "tensor_size": ("int", 1, None),
-    "depth": ("int", 1, None),
+    "batch": ("int", (1, 1 << 20), [16]),
+    "seq_len": ("int", (1, 1 << 20), [64]),
+    "tensor_size": ("int", (1, 4096), None),
+    "depth": ("int", (1, 4096), None),
 }
 SIZE_AXES = ("tensor_size", "depth")
 BUDGET: dict[str, tuple[str, Any, Any]] = {
-    "repeats": ("int", 1, 5),
-    "min_time_s": ("float", 0.0, 0.0),
-    "warmup": ("int", 0, 2),
-    "timeout_s": ("float", 0.1, 300.0),
+    "repeats": ("int", (1, 100_000), 5),
+    "min_time_s": ("float", (0.0, 3600.0), 0.0),
+    "warmup": ("int", (0, 10_000), 2),
+    "timeout_s": ("float", (0.1, 86_400.0), 300.0),
     "energy": ("bool", None, True),
-    "threads": ("int", 0, 0),
-    "processes": ("int", 1, 1),
+    "threads": ("int", (0, 1024), 0),  # and at most the machine's cores, unless oversubscribe = true
+    "oversubscribe": ("bool", None, False),
+    "processes": ("int", (1, 16), 1),
 }
+SEED_RANGE = (0, 2**32 - 1)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 TOP_LEVEL = ("name", "description", "implementations", "pair", "seed", "plugins", "budget", "axes")
 # Fields --set may override besides the axes.
 SETTABLE_SCALARS = ("implementations", "pair", "seed", "plugins", *BUDGET)
@@ -121,11 +128,14 @@ def _describe(value: Any) -> str:
 
 def _check_value(source: str, name: str, kind: str, rule: Any, value: Any) -> Any:
     if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int) or value < rule:
-            raise SweepError(source, name, f"must be an integer >= {rule}, got {_describe(value)}")
+        lo, hi = rule
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise SweepError(source, name, f"must be an integer >= {lo} and <= {hi:,}, got {_describe(value)}")
     elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < rule:
-            raise SweepError(source, name, f"must be a number >= {rule}, got {_describe(value)}")
+        lo, hi = rule
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or not lo <= value <= hi):
+            raise SweepError(source, name, f"must be a finite number >= {lo:g} and <= {hi:g}, got {_describe(value)}")
         value = float(value)
     elif kind == "bool":
         if not isinstance(value, bool):
@@ -155,10 +165,9 @@ def _check_axis(source: str, name: str, values: Any) -> list[Any]:
 
 
 def import_plugins(plugins: list[str], base_dir: Path | None = None, source: str = "sweep") -> None:
-    """Import each plugin: a module name (``tests.fake_impls``) or a ``.py`` path (relative to ``base_dir``)."""
-    cwd = os.getcwd()
-    if cwd not in sys.path:  # a module next to where the user runs the command, as `python -m` would find
-        sys.path.insert(0, cwd)
+    """Import each plugin: an importable module name (``my_package.tlstm``) or a ``.py`` path (relative to
+    ``base_dir``, the sweep file's folder). Nothing else is imported: the current directory is not put on
+    ``sys.path``, so a stray ``reports.py`` where the user runs is never executed."""
     for plugin in plugins:
         try:
             if plugin.endswith(".py"):
@@ -177,6 +186,8 @@ def import_plugins(plugins: list[str], base_dir: Path | None = None, source: str
                 spec.loader.exec_module(module)
             else:
                 importlib.import_module(plugin)
+        except SystemExit as exc:
+            raise SweepError(source, "plugins", f"importing {plugin!r} called sys.exit({exc.code!r})") from None
         except Exception as exc:
             raise SweepError(source, "plugins", f"cannot import {plugin!r}: {exc!r}") from exc
 
@@ -211,8 +222,9 @@ class Sweep:
             raise SweepError(source, unknown[0], f"unknown field; allowed fields: {', '.join(TOP_LEVEL)}")
         sweep = cls(name=name, source=source, base_dir=str(base_dir) if base_dir else None)
         if "name" in data:
-            if not isinstance(data["name"], str) or not data["name"]:
-                raise SweepError(source, "name", f"must be a non-empty string, got {_describe(data['name'])}")
+            if not isinstance(data["name"], str) or not NAME_PATTERN.fullmatch(data["name"]):
+                raise SweepError(source, "name", "must be 1-100 letters, digits, '.', '_' or '-' (it names the output "
+                                 f"directory results/<name>-<time>), got {_describe(data['name'])}")
             sweep.name = data["name"]
         if "description" in data:
             if not isinstance(data["description"], str):
@@ -251,7 +263,7 @@ class Sweep:
         elif key == "pair":
             self.pair = _check_value(source, key, "choice", PAIRS, value)
         elif key == "seed":
-            self.seed = _check_value(source, key, "int", 0, value)
+            self.seed = _check_value(source, key, "int", SEED_RANGE, value)
         elif key == "plugins":
             if isinstance(value, str):
                 value = [value]
@@ -268,6 +280,11 @@ class Sweep:
             raise SweepError(
                 source, "axes", f"give exactly one of tensor_size (P, tLSTM points) or depth (L); {which} given"
             )
+        cores = os.cpu_count() or 1
+        if self.budget.get("threads", 0) > cores and not self.budget.get("oversubscribe"):
+            raise SweepError(source, "budget.threads", f"this machine has {cores} cores; threads must be from 0 "
+                             f"(torch's default) to {cores}, got {self.budget['threads']} (set budget.oversubscribe "
+                             "= true to allow more)")
 
     def with_overrides(self, overrides: list[str]) -> Sweep:
         """A copy with ``--set AXIS=VALUES`` applied (VALUES: a TOML value, a list, or comma-separated)."""
@@ -366,7 +383,7 @@ class Sweep:
                         ModelConfig(values["input_size"], channels, tensor_size, kernel_size, values["mem_conv"], norm)
                     )
                     width = width_for_params(values["input_size"], depth, target, lstm_param_count)
-                points.append(Point(
+                point = Point(
                     impl=name,
                     family=family,
                     # a stacked LSTM has no tensor size: it keeps P only when paired with a tLSTM's P
@@ -385,7 +402,9 @@ class Sweep:
                     repeats=self.budget["repeats"],
                     warmup=self.budget["warmup"],
                     seed=self.seed,
-                ))  # fmt: skip
+                )  # fmt: skip
+                _check_fits(self.source, point)
+                points.append(point)
         return points
 
     def as_dict(self) -> dict[str, Any]:
@@ -404,20 +423,47 @@ class Sweep:
         }
 
 
+def _memory_bytes(device: str) -> int | None:
+    """The memory of the device a point runs on: RAM (MemTotal) or the GPU's; None where unknown."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+    from .measure import proc_field
+
+    total = proc_field("/proc/meminfo", "MemTotal")  # "24588492 kB"
+    return int(total.split()[0]) * 1024 if total else None
+
+
+def _check_fits(source: str, point: Point) -> None:
+    """Refuse a point whose tensors cannot fit in the device's memory, before anything runs."""
+    need = point.memory_floor_bytes()
+    have = _memory_bytes(point.device)
+    if have is not None and need > have:
+        raise SweepError(source, "axes", f"{point.describe()} needs at least {need / 2**30:.1f} GiB (the "
+                         f"activations it must hold, estimated from its sizes) but the {point.device} has "
+                         f"{have / 2**30:.1f} GiB; make batch, seq_len, channels or the size axis smaller")
+
+
 def width_for_params(input_size: int, depth: int, target: int, count) -> int:
     """The stacked-LSTM width M whose parameter count (``count(ModelConfig)``) is closest to ``target``."""
     from implementations import ModelConfig
 
-    best, best_gap = 1, None
-    width = 1
-    while True:
-        n = count(ModelConfig(input_size, width, depth=depth))
-        gap = abs(n - target)
-        if best_gap is None or gap < best_gap:
-            best, best_gap = width, gap
-        if n > target:  # the count grows with the width: past the target nothing gets closer
-            return best
-        width += 1
+    def params(width: int) -> int:
+        return count(ModelConfig(input_size, width, depth=depth))
+
+    # the count grows with the width: bisect for the first width at or above the target
+    lo, hi = 1, 1
+    while params(hi) < target:
+        lo, hi = hi, hi * 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if params(mid) < target:
+            lo = mid + 1
+        else:
+            hi = mid
+    below = max(lo - 1, 1)
+    return below if abs(params(below) - target) <= abs(params(lo) - target) else lo
 
 
 def parse_set_value(source: str, key: str, raw: str) -> Any:
@@ -428,6 +474,8 @@ def parse_set_value(source: str, key: str, raw: str) -> Any:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         pass
+    except RecursionError:
+        raise SweepError(source, key, "value nested too deeply to read") from None
     items = [item.strip() for item in raw.strip("[]").split(",")]
     parsed: list[Any] = []
     for item in items:
@@ -445,9 +493,16 @@ def load_sweep(name_or_path: str, overrides: list[str] | None = None) -> Sweep:
     path = resolve_sweep_path(name_or_path)
     source = str(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SweepError(source, "TOML", f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+                         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise SweepError(source, "TOML", f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise SweepError(source, "TOML", "nested too deeply to read") from None
+    except OSError as exc:
+        raise SweepError(source, "SWEEP", f"cannot read it: {exc.strerror or exc}") from None
     sweep = Sweep.from_dict(data, name=path.stem, source=source, base_dir=path.parent)
     if overrides:
         sweep = sweep.with_overrides(overrides)

@@ -1,6 +1,7 @@
 """The worker process: measures points one after another for the sweep runner (``bench.runner``).
 
-Started as ``python -m bench.worker PLUGINS_JSON BASE_DIR THREADS``. It speaks JSON lines: requests on stdin,
+Started by the runner as ``bench.worker PLUGINS_JSON BASE_DIR THREADS`` (through ``runpy``, with the current
+directory off ``sys.path``: see ``bench.runner.WORKER_BOOT``). It speaks JSON lines: requests on stdin,
 replies on the file descriptor that was stdout at start. Everything the measured code prints goes to
 stderr (the runner's ``worker.log``), so nothing can corrupt the protocol.
 

@@ -74,6 +74,7 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     guess = out["impl"].astype(str).map(lambda name: "tlstm" if name.startswith("tlstm") else "lstm")
     out["family"] = out["family"].where(out["family"].notna(), guess)
     _fill_timing(out)
+    _check_times(out)
     # The noise flag: trusted when recorded, else derived by the contract's rule.
     derived = out["time_iqr_s"] / out["time_median_s"] > NOISY_IQR_OVER_MEDIAN
     out["noisy"] = [bool(n) if isinstance(n, (bool, np.bool_)) else bool(d) for n, d in zip(out["noisy"], derived)]
@@ -82,6 +83,19 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     out["variant"] = [variant_name(row) for row in out.itertuples(index=False)]
     out.attrs = dict(df.attrs)
     return out
+
+
+def _check_times(out: pd.DataFrame) -> None:
+    """A timed point's times must be positive: a zero or negative one is not a measurement."""
+    for column in ("time_median_s", "time_per_step_s"):
+        bad = out.index[(out["status"] == "ok") & out[column].notna() & ~(out[column] > 0)]
+        if len(bad):
+            row = out.loc[bad[0]]
+            size = f"P={row['tensor_size']:g} " if pd.notna(row["tensor_size"]) else ""
+            raise ReportInputError(
+                f"results row {bad[0]} ({row['impl']} {size}L={row['depth']:g} {row['mode']}): {column} must be a "
+                f"positive number of seconds, got {row[column]!r} ({len(bad)} row(s) like it)"
+            )
 
 
 def _fill_timing(out: pd.DataFrame) -> None:

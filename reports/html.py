@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from bench.contract import format_seconds
+from bench.outdir import atomic_write
 
 from .claims import BY_CONSTRUCTION, FAILS, HOLDS, NOT_MEASURED, PARTLY, UNDECIDED, Claim, judge_claims
 from .data import ReportInputError, line_labels, normalize
@@ -421,9 +422,9 @@ def build_report(df: pd.DataFrame, out: pathlib.Path) -> pathlib.Path:
         if figure.png is None:
             continue
         png_path = fig_dir / f"{i:02d}_{figure.slug}.png"
-        png_path.write_bytes(figure.png)
+        atomic_write(png_path, figure.png)
         paths[figure.slug] = png_path
-    path.write_text(render_html(frame, claims, figures, paths, path.parent, headline), encoding="utf-8")
+    atomic_write(path, render_html(frame, claims, figures, paths, path.parent, headline))
     return path
 
 

@@ -113,7 +113,7 @@ def test_option_readers():
     narrowed = pytest_plugin.selected_points(_Options(tlstm_dtype="float64", tlstm_set=["batch=[1,3]"]))
     assert {p.dtype for p in narrowed} == {"float64"} and {p.batch for p in narrowed} == {1, 3}
     assert pytest_plugin.benchmark_threads(_Options()) == 1  # the tiny sweep's budget.threads
-    assert pytest_plugin.benchmark_threads(_Options(tlstm_threads="3")) == 3
+    assert pytest_plugin.benchmark_threads(_Options(tlstm_threads="2")) == 2
     slow = _Options(tlstm_slowdown=["tlstm_*=0.5", "lstm_cudnn=0.25,tlstm_naive=1"])
     assert pytest_plugin.slowdowns(slow) == {"tlstm_*": 0.5, "lstm_cudnn": 0.25, "tlstm_naive": 1.0}
     assert pytest_plugin.slowdown_for(slow, "tlstm_naive") == 1.5 and pytest_plugin.slowdown_for(slow, "x") == 0

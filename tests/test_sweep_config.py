@@ -222,7 +222,7 @@ def test_out_dir_with_results_needs_resume_and_resume_needs_results(tmp_path, ca
     out = tmp_path / "out"
     out.mkdir()
     assert cli.main(["run", path, "--out", str(out), "--resume"]) == 2
-    assert "--resume needs an earlier run's results.jsonl" in capsys.readouterr().err
+    assert "--resume needs an earlier run there (its sweep.json), found none" in capsys.readouterr().err
     (out / "results.jsonl").write_text("")
     assert cli.main(["run", path, "--out", str(out)]) == 2
     assert "add --resume" in capsys.readouterr().err
@@ -231,7 +231,7 @@ def test_out_dir_with_results_needs_resume_and_resume_needs_results(tmp_path, ca
 def test_bad_value_for_sweep_class_directly():
     with pytest.raises(SweepError) as info:
         Sweep.from_dict({"axes": {"tensor_size": [1], "batch": [True]}}, name="x", source="inline")
-    assert str(info.value) == "inline: axes.batch: must be an integer >= 1, got True (bool)"
+    assert str(info.value) == "inline: axes.batch: must be an integer >= 1 and <= 1,048,576, got True (bool)"
     assert set(AXES) >= {"tensor_size", "depth", "seq_len", "batch", "channels", "input_size", "kernel_size",
                          "dtype", "mode", "device"}
 
