@@ -1,6 +1,7 @@
 """The ``tlstm-bench`` command line: ``run`` a sweep, ``list`` what can run, build a ``report``.
 
     tlstm-bench run [SWEEP] [--out DIR] [--resume] [--set AXIS=VALUES]... [--no-report]
+    tlstm-bench profile [SWEEP] [same options as run]
     tlstm-bench list
     tlstm-bench report RESULTS [--out FILE] [--pytest-benchmark FILE.json]
     tlstm-bench compare BASE NEW [--threshold 0.05]
@@ -134,7 +135,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         sweep = load_sweep(args.sweep, args.set)
         points = sweep.points()
-        out = _out_dir(args, sweep.name)
+        out = _out_dir(args, sweep.name + ("-profile" if args.profile else ""))
     except (SweepError, UsageError) as exc:
         _error(str(exc))
         return EXIT_USAGE
@@ -168,7 +169,7 @@ def _run_locked(args: argparse.Namespace, sweep, points, out: Path) -> int:
         _error(f"--out {out}: cannot write there ({exc.strerror or exc})")
         return EXIT_USAGE
     print(f"sweep {sweep.name}: {len(points)} points -> {out}", file=sys.stderr)
-    runner = Runner(sweep, out)
+    runner = Runner(sweep, out, profile=args.profile)
     try:
         summary = runner.run(points, resume=args.resume, progress=None if args.quiet else progress_printer())
     except KeyboardInterrupt:
@@ -280,18 +281,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tlstm-bench", description="Benchmark Tensorized LSTMs against stacked LSTMs.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
-    p_run = sub.add_parser("run", help="run a sweep and write results (and the report)")
-    p_run.add_argument("sweep", nargs="?", default=DEFAULT_SWEEP,
-                       help=f"a shipped sweep ({', '.join(shipped_sweeps())}) or a path to a .toml file "
-                            f"(default {DEFAULT_SWEEP})")
-    p_run.add_argument("--out", help="output directory (default results/<sweep>-<timestamp>/)")
-    p_run.add_argument("--resume", action="store_true",
-                       help="skip points already in DIR/results.jsonl (DIR: --out, else the latest run of the sweep)")
-    p_run.add_argument("--set", action="append", default=[], metavar="AXIS=VALUES",
-                       help="override an axis or setting, e.g. --set batch=[1,16] --set dtype=bfloat16 (repeatable)")
-    p_run.add_argument("--no-report", action="store_true", help="do not build the HTML report at the end")
-    p_run.add_argument("--quiet", action="store_true", help="no progress line")
-    p_run.set_defaults(func=_cmd_run)
+    for name, help_text, profile in (
+        ("run", "run a sweep and write results (and the report)", False),
+        ("profile", "run a sweep with one profiled call per point after the timed ones: where the time goes, "
+                    "a trace per point in DIR/traces/", True),
+    ):
+        p_run = sub.add_parser(name, help=help_text)
+        p_run.add_argument("sweep", nargs="?", default=DEFAULT_SWEEP,
+                           help=f"a shipped sweep ({', '.join(shipped_sweeps())}) or a path to a .toml file "
+                                f"(default {DEFAULT_SWEEP})")
+        p_run.add_argument("--out", help=f"output directory (default results/<sweep>{'-profile' if profile else ''}"
+                                         "-<timestamp>/)")
+        p_run.add_argument("--resume", action="store_true",
+                           help="skip points already in DIR/results.jsonl (DIR: --out, else the latest run of the "
+                                "sweep)")
+        p_run.add_argument("--set", action="append", default=[], metavar="AXIS=VALUES",
+                           help="override an axis or setting, e.g. --set batch=[1,16] --set dtype=bfloat16 "
+                                "(repeatable)")
+        p_run.add_argument("--no-report", action="store_true", help="do not build the HTML report at the end")
+        p_run.add_argument("--quiet", action="store_true", help="no progress line")
+        p_run.set_defaults(func=_cmd_run, profile=profile)
 
     p_list = sub.add_parser("list", help="list the registered implementations and the shipped sweeps")
     p_list.set_defaults(func=_cmd_list)

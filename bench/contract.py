@@ -176,7 +176,7 @@ TIMING_FIELDS = (
 )  # fmt: skip
 METRIC_FIELDS = (
     "params", "hidden_units", "backend", *TIMING_FIELDS, "flops", "peak_mem_bytes", "saved_bytes",
-    "rss_peak_bytes", "rss_delta_bytes", "energy_j", "energy_note", "max_abs_err",
+    "rss_peak_bytes", "rss_delta_bytes", "energy_j", "energy_note", "max_abs_err", "profile",
 )  # fmt: skip
 # The environment of a run (bench.measure.environment), recorded with every point.
 ENV_FIELDS = (

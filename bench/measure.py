@@ -417,10 +417,12 @@ def metrics(
 
 
 def measure_point(
-    point: Point, *, energy_window_s: float | None = ENERGY_WINDOW_S, min_time_s: float = 0.0
+    point: Point, *, energy_window_s: float | None = ENERGY_WINDOW_S, min_time_s: float = 0.0,
+    trace_path: Path | None = None,
 ) -> dict[str, Any]:
     """Gate, memory pass, warm-up, timing (``point.repeats`` calls at least, ``min_time_s`` of timed
-    calls at least) and energy for one point.
+    calls at least) and energy for one point; with ``trace_path``, then one profiled call whose breakdown
+    goes to ``metrics["profile"]`` and whose trace is written there.
 
     Returns {"status": "ok" | "incorrect", "message", "samples_s", "metrics"}. Errors (out of memory,
     unavailable, anything else) propagate for the caller to classify.
@@ -440,6 +442,11 @@ def measure_point(
         energy_j, energy_note = None, "energy not measured (budget.energy = false)"
     result = metrics(point, samples, model=model, x=x, memory_stats=memory_stats, energy_j=energy_j,
                      energy_note=energy_note, max_abs_err=max_err)
+    if trace_path is not None:  # a separate, profiled call after the timed ones (bench.profile)
+        from .profile import profile_call
+
+        read, note = energy_probe(device)
+        result["profile"] = profile_call(fn, point, trace_path, energy_read=read, energy_note=note)
     return {"status": "ok", "message": message, "samples_s": samples, "metrics": result}
 
 

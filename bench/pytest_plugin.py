@@ -73,6 +73,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "choice). On a machine shared with other work, 1 gives far steadier CPU timings",
     )
     group.addoption(
+        "--tlstm-profile",
+        default=None,
+        metavar="DIR",
+        help="after timing each benchmark, profile one more call (bench.profile): its trace goes to "
+        "DIR/traces/<point key>.json.gz and its breakdown by category to extra_info['profile']",
+    )
+    group.addoption(
         "--tlstm-slowdown",
         action="append",
         default=[],

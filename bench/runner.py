@@ -49,6 +49,7 @@ WORKER_BOOT = (
     "runpy.run_module('bench.worker', run_name='__main__', alter_sys=True)\n"
 )
 ENV_TIMEOUT_S = 300.0
+TRACES_DIR = "traces"  # <out>/traces/<point key>.json.gz, written by `tlstm-bench profile`
 LOG_TAIL_LINES = 4
 
 
@@ -185,9 +186,10 @@ ProgressFn = Callable[[int, int, Point, str | None, float], None]
 class Runner:
     """Runs points of a sweep through a (replaceable) worker, writing results as it goes."""
 
-    def __init__(self, sweep: Sweep, out_dir: Path) -> None:
+    def __init__(self, sweep: Sweep, out_dir: Path, profile: bool = False) -> None:
         self.sweep = sweep
         self.out_dir = out_dir
+        self.profile = profile  # one profiled call per point after the timed ones (process 0 only)
         self.workers: dict[int, Worker] = {}  # process index -> its worker
         self.env: dict[str, Any] | None = None
 
@@ -223,8 +225,9 @@ class Runner:
         timeout_s = self.sweep.budget["timeout_s"]
         worker = self._worker(process)
         try:
+            trace = self.out_dir / TRACES_DIR / f"{point.key}.json.gz" if self.profile and process == 0 else None
             request = {"op": "point", "config": point.as_dict(), "energy": self.sweep.budget["energy"],
-                       "min_time_s": self.sweep.budget["min_time_s"]}
+                       "min_time_s": self.sweep.budget["min_time_s"], "trace": str(trace) if trace else None}
             return worker.request(request, timeout_s)
         except WorkerTimeout:
             self._drop_worker(process)

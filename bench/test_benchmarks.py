@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +30,8 @@ import torch
 from bench import measure
 from bench import pytest_plugin as plugin
 from bench.contract import SCHEMA_VERSION, Point
+from bench.profile import profile_call
+from bench.runner import TRACES_DIR
 
 
 def point_id(point: Point) -> str:
@@ -64,7 +67,8 @@ def with_slowdown(call: Callable[[], None], seconds: float) -> Callable[[], None
     return slower
 
 
-def test_benchmark(benchmark, point: Point, slowdown_s: float, benchmark_threads: int) -> None:
+def test_benchmark(benchmark, point: Point, slowdown_s: float, benchmark_threads: int,
+                   request: pytest.FixtureRequest) -> None:
     # Checked when the benchmark runs, not at collection: availability may mean building an extension.
     reason = measure.unavailable_reason(point)
     if reason is not None:
@@ -109,3 +113,7 @@ def test_benchmark(benchmark, point: Point, slowdown_s: float, benchmark_threads
             max_abs_err=max_abs_err,
         )
     )
+    profile_dir = request.config.getoption("tlstm_profile")
+    if profile_dir:  # one more call, profiled, never one of the timed rounds
+        trace = Path(profile_dir) / TRACES_DIR / f"{point.key}.json.gz"
+        benchmark.extra_info["profile"] = profile_call(call, point, trace)

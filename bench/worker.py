@@ -7,7 +7,7 @@ stderr (the runner's ``worker.log``), so nothing can corrupt the protocol.
 
 Requests and replies:
     {"op": "env", "devices": [...], "dtypes": [...]}   -> {"op": "env", "env": {...}}
-    {"op": "point", "config": {...}, "energy": bool, "min_time_s": float}
+    {"op": "point", "config": {...}, "energy": bool, "min_time_s": float, "trace": path or null}
         -> {"op": "result", "status", "message", "samples_s", "metrics"}
 At start, once torch and the plugins are imported: {"op": "ready", "pid": ...}.
 
@@ -65,7 +65,8 @@ def _short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def measure_and_classify(point: Point, energy: bool, min_time_s: float = 0.0) -> dict[str, Any]:
+def measure_and_classify(point: Point, energy: bool, min_time_s: float = 0.0,
+                         trace_path: str | None = None) -> dict[str, Any]:
     """Measure one point and classify the outcome (ok / incorrect / oom / unavailable / error)."""
     import torch
 
@@ -79,7 +80,8 @@ def measure_and_classify(point: Point, energy: bool, min_time_s: float = 0.0) ->
             result.update(status="unavailable", message=reason)
         else:
             energy_window_s = measure.ENERGY_WINDOW_S if energy else None
-            result.update(measure.measure_point(point, energy_window_s=energy_window_s, min_time_s=min_time_s))
+            result.update(measure.measure_point(point, energy_window_s=energy_window_s, min_time_s=min_time_s,
+                                                trace_path=Path(trace_path) if trace_path else None))
     except implementations.ImplementationUnavailable as exc:
         result.update(status="unavailable", message=str(exc))
     except Exception as exc:  # classified, reported, and the worker goes on with the next point
@@ -117,7 +119,7 @@ def serve(requests: TextIO, replies: TextIO) -> None:
             point = Point.from_dict(request["config"])
             print(f"--- point {point.describe()}", file=sys.stderr, flush=True)
             send({"op": "result", **measure_and_classify(point, request.get("energy", True),
-                                                         request.get("min_time_s", 0.0))})
+                                                         request.get("min_time_s", 0.0), request.get("trace"))})
         elif request["op"] == "exit":
             return
         else:

@@ -21,6 +21,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # no display, and the same output on every machine
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -530,6 +531,66 @@ def matmul_rate(recorded: Any, device: Any, dtype: Any) -> float | None:
         if isinstance(value, (int, float)) and math.isfinite(float(value)):
             return float(value)
     return None
+
+
+# The categories of bench.profile, in stacking order, with fixed colours.
+PROFILE_COLORS = {
+    "matrix products": "#1f77b4", "pointwise and reductions": "#ff7f0e", "memory copies and allocation": "#2ca02c",
+    "fused RNN library kernels": "#9467bd", "other operators": "#8c564b", "framework overhead": "#bbbbbb",
+}
+
+
+def profile_shares(ok: pd.DataFrame) -> pd.DataFrame:
+    """One row per profiled point and category: seconds and share of the profiled wall time."""
+    rows = []
+    for _, row in ok.iterrows():
+        prof = row.get("profile")
+        if not isinstance(prof, dict) or not isinstance(prof.get("categories_s"), dict) or not prof.get("wall_s"):
+            continue
+        for cat, seconds in prof["categories_s"].items():
+            rows.append({"label": row["label"], "impl": row["impl"], "batch": row["batch"], "mode": row["mode"],
+                         "depth": row["depth"], "category": cat, "seconds": seconds,
+                         "share": seconds / prof["wall_s"]})
+    return pd.DataFrame(rows, columns=["label", "impl", "batch", "mode", "depth", "category", "seconds", "share"])
+
+
+def fig_time_split(ok: pd.DataFrame) -> Figure:
+    """Stacked bars: the share of each category in a profiled call, per implementation, against depth."""
+    title = "Where the time goes: share of a profiled call by category"
+    caption = ("One profiled call per point, after the timed ones (bench.profile): each operator's self time on the "
+               "calling thread by category, and framework overhead (time outside any operator: Python, autograd, "
+               "dispatch) as the rest of the call's wall time, so each bar adds up to 1. Overhead is what the "
+               "tLSTM's one-large-product design is meant to remove.")
+    shares = profile_shares(ok)
+    if shares.empty:
+        return Figure("time_split", title, caption, missing="needs profiled points: run `tlstm-bench profile depth` "
+                      "(or any sweep)")
+    labels = sorted(shares["label"].unique())
+    regimes = sorted({(b, m) for b, m in zip(shares["batch"], shares["mode"])}, key=lambda k: (k[0], str(k[1])))
+    fig, axes = plt.subplots(len(regimes), len(labels), figsize=(3.4 * len(labels) + 2.6, 2.6 * len(regimes) + 0.6),
+                             squeeze=False, sharey=True)
+    for i, (batch, mode) in enumerate(regimes):
+        for j, label in enumerate(labels):
+            ax = axes[i][j]
+            sub = shares[(shares["label"] == label) & (shares["batch"] == batch) & (shares["mode"] == mode)]
+            table = sub.pivot_table(index="depth", columns="category", values="share", aggfunc="median")
+            bottom = np.zeros(len(table))
+            positions = np.arange(len(table))
+            for cat, color in PROFILE_COLORS.items():
+                if cat in table:
+                    values = table[cat].fillna(0).to_numpy()
+                    ax.bar(positions, values, bottom=bottom, color=color, label=cat, width=0.75)
+                    bottom += values
+            ax.set_xticks(positions, [_fmt_value(d) for d in table.index])
+            ax.set_title(f"{label}, batch {_fmt_value(batch)}, {mode}", fontsize=9)
+            ax.set_xlabel("depth L")
+            if j == 0:
+                ax.set_ylabel("share of the call")
+            ax.set_ylim(0, 1.02)
+    handles = [matplotlib.patches.Patch(color=c, label=k) for k, c in PROFILE_COLORS.items()]
+    fig.legend(handles=handles, loc="upper right", fontsize=8.5, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 2.4 / (3.4 * len(labels) + 2.6), 1))
+    return Figure("time_split", title, caption, _png(fig))
 
 
 def fig_headline(slices: list[dict[str, Any]]) -> Figure:

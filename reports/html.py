@@ -22,9 +22,10 @@ from bench.outdir import atomic_write
 
 from .claims import BY_CONSTRUCTION, FAILS, HOLDS, NOT_MEASURED, PARTLY, UNDECIDED, Claim, judge_claims
 from .data import ReportInputError, line_labels, normalize
-from .figures import Figure, build_figures, fig_headline, matched_speedups
+from .figures import Figure, build_figures, fig_headline, fig_time_split, matched_speedups, profile_shares
 
-SECTIONS = ("headline", "claims", "figures", "summary", "speedups", "failures", "environment", "sweep", "reproduce")
+SECTIONS = ("headline", "claims", "figures", "where", "summary", "speedups", "failures", "environment", "sweep",
+            "reproduce")
 
 CSS = """
 :root { --fg: #1b1f24; --muted: #57606a; --line: #d0d7de; --bg-alt: #f6f8fa; }
@@ -179,6 +180,44 @@ def _headline_html(df: pd.DataFrame, env: dict[str, Any], claims: list[Claim], h
             + _figure_html(headline, f"<h3>{_e(headline.title)}</h3>", paths, out_dir))
 
 
+def _where_html(df: pd.DataFrame, split: Figure, paths: dict[str, pathlib.Path], out_dir: pathlib.Path) -> str:
+    """The profiled points: the split figure, the overhead share per implementation, and a table with the
+    top operator, the product rate against torch.mm on the same shape, and each point's trace file."""
+    figure = _figure_html(split, f"<h3>{_e(split.title)}</h3>", paths, out_dir)
+    ok = df[(df["status"] == "ok")].copy()
+    ok["label"] = line_labels(ok) if not ok.empty else pd.Series(dtype=object)
+    shares = profile_shares(ok)
+    if shares.empty:
+        return figure
+    overhead = shares[shares["category"] == "framework overhead"].groupby("label")["share"].median()
+    callout = ("<p><b>Framework overhead</b> (time outside any operator), median share of a call: "
+               + "; ".join(f"{_e(label)} {share:.0%}" for label, share in overhead.sort_values().items()) + ".</p>")
+    rows = []
+    for _, row in ok.iterrows():
+        prof = row.get("profile")
+        if not isinstance(prof, dict) or not prof.get("wall_s"):
+            continue
+        cats = prof.get("categories_s") or {}
+        split_text = ", ".join(f"{name.split()[0]} {seconds / prof['wall_s']:.0%}" for name, seconds in cats.items()
+                               if seconds / prof["wall_s"] >= 0.005)
+        top = (prof.get("top_ops") or [{}])[0]
+        rate = prof.get("product_gflops")
+        mm = prof.get("mm_gflops_same_shape")
+        rate_text = (f"{rate:.3g}" if rate else "n/a") + (f" vs {mm:.3g} (torch.mm, {prof.get('product_shape')})"
+                                                           if mm else "")
+        timed = row["time_median_s"]
+        rows.append([_e(row["label"]), _e(_cell(row["batch"])), _e(row["mode"]), _e(_cell(row["depth"])),
+                     _e(format_seconds(prof["wall_s"])),
+                     _e(f"{prof['wall_s'] / timed:.2g}x" if timed and timed > 0 else "n/a"), _e(split_text),
+                     _e(f"{top.get('name', '')} {top.get('shapes', '')}".strip()), _e(rate_text),
+                     f"<code>traces/{_e(prof.get('trace', ''))}</code>"])
+    table = _table(["implementation", "batch", "mode", "L", "profiled call", "over timed median", "split",
+                    "top operator (self time)", "product GFLOP/s", "trace"], rows, numeric={1, 3, 4, 5})
+    return (figure + callout + "<p>The profiler slows a call down (second column): the split is of the profiled "
+            "call, its shares, not its absolute times, are the finding. Traces open in Perfetto or "
+            "chrome://tracing.</p>" + table)
+
+
 def _figures_html(figures: list[Figure], paths: dict[str, pathlib.Path], out_dir: pathlib.Path) -> str:
     parts = []
     for i, f in enumerate(figures, start=1):
@@ -311,7 +350,7 @@ def _sweep_html(df: pd.DataFrame, sweep: Any) -> tuple[str, str]:
 
 
 def render_html(df: pd.DataFrame, claims: list[Claim], figures: list[Figure], paths: dict[str, pathlib.Path],
-                out_dir: pathlib.Path, headline: Figure | None = None) -> str:
+                out_dir: pathlib.Path, headline: Figure | None = None, split: Figure | None = None) -> str:
     """The whole report as one HTML string (figures inline)."""
     env = df.attrs.get("env") if isinstance(df.attrs.get("env"), dict) else {}
     sweep = df.attrs.get("sweep") if isinstance(df.attrs.get("sweep"), dict) else {}
@@ -353,6 +392,10 @@ Each verdict below is computed from the points in this report only (status ok), 
 <section id="figures">
 <h2>Figures</h2>
 {_figures_html(figures, paths, out_dir)}
+</section>
+<section id="where">
+<h2>Where the time goes</h2>
+{_where_html(df, split or fig_time_split(df.iloc[0:0]), paths, out_dir)}
 </section>
 <section id="summary">
 <h2>Summary: median time per timestep</h2>
@@ -411,6 +454,9 @@ def build_report(df: pd.DataFrame, out: pathlib.Path) -> pathlib.Path:
     faster = next(c for c in claims if c.name == "Faster")
     headline = fig_headline(faster.data)
     figures = build_figures(frame, attrs.get("env") or {})
+    ok = frame[frame["status"] == "ok"].copy()
+    ok["label"] = line_labels(ok) if not ok.empty else pd.Series(dtype=object)
+    split = fig_time_split(ok)
     frame.attrs = attrs
     path.parent.mkdir(parents=True, exist_ok=True)
     fig_dir = path.parent / f"{path.stem}_figures"
@@ -418,13 +464,13 @@ def build_report(df: pd.DataFrame, out: pathlib.Path) -> pathlib.Path:
     for stale in fig_dir.glob("[0-9][0-9]_*.png"):
         stale.unlink()  # a figure absent this time must not linger from an earlier build
     paths: dict[str, pathlib.Path] = {}
-    for i, figure in enumerate([headline, *figures]):
+    for i, figure in enumerate([headline, *figures, split]):
         if figure.png is None:
             continue
         png_path = fig_dir / f"{i:02d}_{figure.slug}.png"
         atomic_write(png_path, figure.png)
         paths[figure.slug] = png_path
-    atomic_write(path, render_html(frame, claims, figures, paths, path.parent, headline))
+    atomic_write(path, render_html(frame, claims, figures, paths, path.parent, headline, split))
     return path
 
 

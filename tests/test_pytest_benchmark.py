@@ -337,3 +337,14 @@ def test_load_refuses_files_that_are_not_ours(tmp_path):
         pytest_benchmark_file.load(_hand_made(tmp_path, benchmarks=foreign))
     with pytest.raises(FileNotFoundError):
         pytest_benchmark_file.load(tmp_path / "missing.json")
+
+
+def test_tlstm_profile_saves_a_trace_and_a_breakdown_per_benchmark(tmp_path):
+    out = tmp_path / "pb.json"
+    result = run_pytest("bench", "--benchmark-only", "--tlstm-grid", "tiny", "--tlstm-impl", "lstm_cudnn",
+                        "--tlstm-profile", str(tmp_path / "prof"), f"--benchmark-json={out}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for bench in json.loads(out.read_text())["benchmarks"]:
+        profile = bench["extra_info"]["profile"]
+        assert (tmp_path / "prof" / "traces" / profile["trace"]).is_file()
+        assert sum(profile["categories_s"].values()) == pytest.approx(profile["wall_s"], rel=0.02)

@@ -33,6 +33,7 @@
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -56,6 +57,18 @@
 namespace {
 
 constexpr double kCnEps = 1e-5;  // channel normalization epsilon, as in tlstm_naive.CN_EPS
+
+// A named range for the profiler (`tlstm-bench profile` splits the operator's time by these names), as
+// Python's `with torch.profiler.record_function(name)`; a flag check when no profiler is running.
+class PhaseRange {
+ public:
+  explicit PhaseRange(const char* name) : range_(at::RecordScope::USER_SCOPE) {
+    if (range_.isActive()) range_.before(std::string_view(name));
+  }
+
+ private:
+  at::RecordFunction range_;
+};
 
 // ---- activations --------------------------------------------------------------------------------
 // float: exp(x) = 2^n exp(r) with |r| <= ln2/2 and a degree-7 Taylor polynomial (truncation error
@@ -579,8 +592,13 @@ std::vector<at::Tensor> forward(const at::Tensor& x_in, const at::Tensor& h0_in,
       acc_t* c_next_all = C_ptr + cs(s + 1) * B * P * M;
       scalar_t* X_next = X_ptr + xs(s + 1) * B * PKM;
       at::parallel_for(0, B * P, grain, [&](int64_t r0, int64_t r1) {
+        // Named ranges for the profiler (tlstm-bench profile); free when no profiler is running.
+        std::optional<PhaseRange> phase;
+        phase.emplace("tlstm_fused::forward_product");
         // (3) the cross-layer convolution for these rows: [r1 - r0, K*M] x [K*M, G].
         step_product<scalar_t>(X_s + r0 * KM, KM, r1 - r0, w2d, packed_ptr, A_ptr + r0 * G, G);
+        phase.reset();
+        phase.emplace("tlstm_fused::forward_pointwise");
         // (4)-(9) for the same rows. They write hidden rows into X[s+1] slots of other blocks' rows,
         // which nothing reads before the next step.
         RowState<acc_t> st(d);
@@ -681,6 +699,7 @@ std::vector<at::Tensor> backward(const at::Tensor& dy_in, const at::Tensor& dh_i
       const acc_t* c_prev_all = C_p + s * B * P * M;
       // Pass 1 over rows: recompute (4)-(8), then their gradients back to A and to Cconv.
       at::parallel_for(0, B * P, grain, [&](int64_t r0, int64_t r1) {
+        PhaseRange phase("tlstm_fused::backward_pointwise");
         RowState<acc_t> st(d);
         std::vector<acc_t> work(static_cast<size_t>(2 * M + G + M4));
         acc_t* dh = work.data();      // [M] gradient of h_new
@@ -707,7 +726,11 @@ std::vector<at::Tensor> backward(const at::Tensor& dy_in, const at::Tensor& dh_i
       // Pass 2 over rows: gradient of the previous cell, gathered from the locations that read it,
       // and the same rows of the gradient of X[s]: dA[s] W^T, [r1 - r0, G] x [G, K*M].
       at::parallel_for(0, B * P, grain, [&](int64_t r0, int64_t r1) {
+        std::optional<PhaseRange> phase;
+        phase.emplace("tlstm_fused::backward_product");
         step_product<scalar_t>(dA_s + r0 * G, G, r1 - r0, w2d_t, packed_t_ptr, dX_p + r0 * KM, KM);
+        phase.reset();
+        phase.emplace("tlstm_fused::backward_pointwise");  // the previous cell's gradient
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t b = r / P, j = r % P;
           acc_t* out = dcc_p + r * M;
