@@ -2,6 +2,8 @@
 
     tlstm-bench run [SWEEP] [--out DIR] [--resume] [--set AXIS=VALUES]... [--no-report]
     tlstm-bench profile [SWEEP] [same options as run]
+    tlstm-bench run SWEEP --executor slurm [--partition P] [--gpus-per-job N] [--time-min N] [--jobs N] [--no-wait]
+    tlstm-bench collect OUT [--no-wait]
     tlstm-bench list
     tlstm-bench report RESULTS [--out FILE] [--pytest-benchmark FILE.json]
     tlstm-bench compare BASE NEW [--threshold 0.05]
@@ -22,10 +24,11 @@ from pathlib import Path
 
 import implementations
 
-from . import results
+from . import cluster, results
+from .cluster import EXECUTORS, ClusterError, ClusterOptions, parse_slurm_opts
 from .contract import format_seconds
 from .outdir import OutputBusy, OutputLock, atomic_write
-from .sweep import SweepError, load_sweep, shipped_sweeps
+from .sweep import Sweep, SweepError, load_sweep, shipped_sweeps
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_SWEEP = "quick"
@@ -133,6 +136,16 @@ def summary_table(df) -> str:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
+        options = ClusterOptions(args.executor, args.jobs, args.partition, args.gpus_per_job, args.time_min,
+                                 parse_slurm_opts(args.slurm_opt))
+        options.check()
+        if args.no_wait and options.executor == "local":
+            raise ClusterError("--no-wait needs --executor local-jobs or slurm")
+    except ClusterError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    args.cluster = options
+    try:
         sweep = load_sweep(args.sweep, args.set)
         points = sweep.points()
         out = _out_dir(args, sweep.name + ("-profile" if args.profile else ""))
@@ -169,6 +182,8 @@ def _run_locked(args: argparse.Namespace, sweep, points, out: Path) -> int:
         _error(f"--out {out}: cannot write there ({exc.strerror or exc})")
         return EXIT_USAGE
     print(f"sweep {sweep.name}: {len(points)} points -> {out}", file=sys.stderr)
+    if args.cluster.executor != "local":
+        return _run_jobs(args, sweep, points, out)
     runner = Runner(sweep, out, profile=args.profile)
     try:
         summary = runner.run(points, resume=args.resume, progress=None if args.quiet else progress_printer())
@@ -184,11 +199,84 @@ def _run_locked(args: argparse.Namespace, sweep, points, out: Path) -> int:
     counts = ", ".join(f"{s} {n}" for s, n in df["status"].value_counts().items())
     print(f"\n{len(df)} points ({counts}); {summary.skipped} already done, {summary.total - summary.skipped} run "
           f"in {summary.wall_s:.1f} s")
+    return _finish(args, df, out)
+
+
+def _finish(args: argparse.Namespace, df, out: Path) -> int:
+    """The closing table, and the report unless --no-report."""
     print(summary_table(df))
     print(f"results: {out / results.RESULTS_FILE}")
     if args.no_report:
         return EXIT_OK
     return _build_report(df, out / "report.html")
+
+
+def _job_progress(quiet: bool):
+    state = {"last": None}
+
+    def show(done: int, total: int, merged: int) -> None:
+        line = f"jobs {done}/{total} finished, {merged} measurements merged"
+        if not quiet and line != state["last"]:
+            print(line, file=sys.stderr, flush=True)
+            state["last"] = line
+
+    return show
+
+
+def _run_jobs(args: argparse.Namespace, sweep, points, out: Path) -> int:
+    """The sweep as submitit jobs (--executor local-jobs or slurm): submit, wait, merge, report."""
+    if (out / cluster.MANIFEST).exists():  # --resume of a cluster run: what collect does
+        return _collect(args, out, wait=not args.no_wait)
+    if args.cluster.executor == "local-jobs" and args.cluster.jobs > 1:
+        print("tlstm-bench: warning: local jobs run side by side on this machine and disturb each other's "
+              "timings; fine for a check of the job path or for accuracy, not for numbers to publish",
+              file=sys.stderr)
+    try:
+        entries = cluster.submit(out, sweep, points, list(range(len(points))), args.cluster, args.profile)
+    except Exception as exc:  # submitit's own errors: sbatch refused the job, say
+        _error(f"submitting the jobs failed: {exc}")
+        return EXIT_FAILED
+    print(f"submitted {len(entries)} job(s) ({args.cluster.executor}): "
+          + ", ".join(f"{e['job_id']} ({len(e['points'])} points)" for e in entries), file=sys.stderr)
+    if args.no_wait:
+        print(f"collect with: tlstm-bench collect {out}")
+        return EXIT_OK
+    return _collect(args, out, wait=True)
+
+
+def _collect(args: argparse.Namespace, out: Path, *, wait: bool) -> int:
+    manifest = cluster.read_manifest(out)
+    sweep = Sweep.from_json(results.read_sweep(out))
+    cluster.merge_shards(out)
+    running = [e for e in manifest["jobs"] if cluster.job_running(out, e)]
+    todo, indices = cluster.missing(out, sweep, manifest, running)  # what failed or preempted jobs left
+    if todo:
+        options = ClusterOptions(**manifest["options"])
+        entries = cluster.submit(out, sweep, todo, indices, options, bool(getattr(args, "profile", False)))
+        print(f"resubmitted {len(todo)} point(s) of failed or preempted jobs as {len(entries)} job(s)", file=sys.stderr)
+        manifest = cluster.read_manifest(out)
+    if not wait:
+        print(f"{len(running)} job(s) running; collect again with: tlstm-bench collect {out} "
+              f"(or without --no-wait to wait)")
+        return EXIT_OK
+    cluster.wait(out, manifest, _job_progress(getattr(args, "quiet", False)))
+    todo, _ = cluster.missing(out, sweep, manifest)
+    df = results.load(out)
+    counts = ", ".join(f"{s} {n}" for s, n in df["status"].value_counts().items())
+    print(f"\n{len(df)} points ({counts}) from {len(manifest['jobs'])} job(s)"
+          + (f"; {len(todo)} point(s) missing (their jobs failed): `tlstm-bench collect {out}` resubmits them"
+             if todo else ""))
+    return _finish(args, df, out) if not todo else max(_finish(args, df, out), EXIT_FAILED)
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    try:
+        with OutputLock(out):
+            return _collect(args, out, wait=not args.no_wait)
+    except (ClusterError, OutputBusy, ValueError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,6 +365,21 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("running beyond this process (submitit)")
+    group.add_argument("--executor", default="local", choices=EXECUTORS,
+                       help="local: this process and its worker (default); local-jobs: submitit jobs on this machine "
+                            "(parallel jobs disturb each other's timings); slurm: jobs on a SLURM cluster")
+    group.add_argument("--jobs", type=int, default=1, help="how many jobs to split the sweep into (default 1)")
+    group.add_argument("--partition", help="SLURM partition")
+    group.add_argument("--gpus-per-job", type=int, help="GPUs per SLURM job")
+    group.add_argument("--time-min", type=int, default=60, help="time limit per job, minutes (default 60)")
+    group.add_argument("--slurm-opt", action="append", default=[], metavar="KEY=VALUE",
+                       help="an extra sbatch option, e.g. --slurm-opt account=abc (repeatable)")
+    group.add_argument("--no-wait", action="store_true",
+                       help="return after submitting; `tlstm-bench collect OUT` merges and resubmits later")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tlstm-bench", description="Benchmark Tensorized LSTMs against stacked LSTMs.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -300,7 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(repeatable)")
         p_run.add_argument("--no-report", action="store_true", help="do not build the HTML report at the end")
         p_run.add_argument("--quiet", action="store_true", help="no progress line")
+        _add_cluster_args(p_run)
         p_run.set_defaults(func=_cmd_run, profile=profile)
+
+    p_collect = sub.add_parser("collect", help="merge the finished jobs of a cluster run, resubmit what failed, "
+                                               "wait and build the report")
+    p_collect.add_argument("out", help="the run's output directory (it holds jobs.json)")
+    p_collect.add_argument("--no-wait", action="store_true", help="merge and resubmit, then return at once")
+    p_collect.add_argument("--no-report", action="store_true", help="do not build the HTML report at the end")
+    p_collect.set_defaults(func=_cmd_collect)
 
     p_list = sub.add_parser("list", help="list the registered implementations and the shipped sweeps")
     p_list.set_defaults(func=_cmd_list)

@@ -188,7 +188,7 @@ RECORD_FIELDS = ("schema", "key", "sweep", "index", "process", "config", "status
                  "env", "started_at")
 # One row per point in the loaded results frame (bench.results.load, bench.pytest_benchmark_file.load).
 COLUMNS = (*CONFIG_FIELDS, "status", "message", *METRIC_FIELDS, "samples_s", "sample_processes", "key", "sweep",
-           "index", "started_at", "schema")
+           "index", "started_at", "schema", "machine")
 NUMERIC_COLUMNS = (
     "tensor_size", "depth", "seq_len", "batch", "channels", "input_size", "kernel_size", "params", "hidden_units",
     *(name for name in TIMING_FIELDS if name != "noisy"), "flops", "peak_mem_bytes", "saved_bytes",
@@ -345,7 +345,17 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
     row["sample_processes"] = [record.get("process", 0)] * len(row["samples_s"])
     for name in ("key", "sweep", "index", "started_at", "schema"):
         row[name] = record.get(name)
+    row["machine"] = machine_fingerprint(record.get("env") or {})
     return row
+
+
+def machine_fingerprint(env: dict[str, Any]) -> str | None:
+    """Which machine a record was measured on: host, the device's model, torch and CUDA versions."""
+    if not env:
+        return None
+    device = env.get("gpu_model") or env.get("cpu_model") or "unknown device"
+    cuda = f", CUDA {env['cuda']}" if env.get("cuda") else ""
+    return f"{env.get('hostname') or 'unknown host'}: {device}, torch {env.get('torch')}{cuda}"
 
 
 def merge_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:

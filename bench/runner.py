@@ -53,6 +53,19 @@ TRACES_DIR = "traces"  # <out>/traces/<point key>.json.gz, written by `tlstm-ben
 LOG_TAIL_LINES = 4
 
 
+def comparison_groups(points: list[Point], indices: list[int] | None = None) -> list[list[tuple[int, Point]]]:
+    """Consecutive points that differ only in the implementation (and the width a params pairing chose):
+    the implementations measured at one configuration, which are timed interleaved and never split."""
+
+    def group(item: tuple[int, Point]) -> tuple:
+        point = item[1]
+        return (point.depth, point.seq_len, point.batch, point.input_size, point.kernel_size, point.mem_conv,
+                point.norm, point.dtype, point.mode, point.device)
+
+    numbered = zip(indices if indices is not None else range(len(points)), points)
+    return [list(members) for _, members in itertools.groupby(numbered, key=group)]
+
+
 class WorkerGone(RuntimeError):
     """The worker exited; ``returncode`` says how."""
 
@@ -242,32 +255,28 @@ class Runner:
             return {"status": "crashed", "message": message + (f"; its last output: {tail}" if tail else ""),
                     "samples_s": [], "metrics": {}}
 
-    def schedule(self, points: list[Point]) -> Iterator[tuple[int, Point, int]]:
+    def schedule(self, points: list[Point], indices: list[int] | None = None) -> Iterator[tuple[int, Point, int]]:
         """(index, point, process) in measuring order: per comparison group, one round per process."""
         processes = self.sweep.budget["processes"]
-
-        def group(item: tuple[int, Point]) -> tuple:
-            point = item[1]  # everything but the implementation (and the width a params pairing chose)
-            return (point.depth, point.seq_len, point.batch, point.input_size, point.kernel_size, point.mem_conv,
-                    point.norm, point.dtype, point.mode, point.device)
-
-        for _, members in itertools.groupby(enumerate(points), key=group):
-            members = list(members)
+        for members in comparison_groups(points, indices):
             for process in range(processes):
                 for index, point in members:
                     yield index, point, process
 
-    def run(self, points: list[Point], *, resume: bool, progress: ProgressFn | None = None) -> RunSummary:
+    def run(self, points: list[Point], *, resume: bool, progress: ProgressFn | None = None,
+            indices: list[int] | None = None) -> RunSummary:
         """Measure every point not yet in the results file; append each result as it comes. Holds the
-        output directory's lock throughout (OutputBusy if another run holds it)."""
+        output directory's lock throughout (OutputBusy if another run holds it). ``indices``: the points'
+        positions in the whole sweep (default 0, 1, ...), recorded with their results."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with OutputLock(self.out_dir):
-            return self._run(points, resume=resume, progress=progress)
+            return self._run(points, resume=resume, progress=progress, indices=indices)
 
-    def _run(self, points: list[Point], *, resume: bool, progress: ProgressFn | None) -> RunSummary:
+    def _run(self, points: list[Point], *, resume: bool, progress: ProgressFn | None,
+             indices: list[int] | None) -> RunSummary:
         path = self.out_dir / results.RESULTS_FILE
         done = {(r.get("key"), r.get("process", 0)) for r in results.repair(path)} if resume else set()
-        schedule = list(self.schedule(points))
+        schedule = list(self.schedule(points, indices))
         todo = [(i, p, process) for i, p, process in schedule if (p.key, process) not in done]
         summary = RunSummary(self.out_dir, total=len(schedule), skipped=len(schedule) - len(todo))
         started = time.monotonic()

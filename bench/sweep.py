@@ -420,7 +420,19 @@ class Sweep:
             "budget": self.budget,
             "axes": self.axis_values(),
             "overrides": self.overrides,
+            "base_dir": self.base_dir,
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Sweep:
+        """The sweep back from its ``as_dict()`` (in ``sweep.json``), without re-reading its file."""
+        sweep = cls.from_dict({"implementations": data["implementations"], "pair": data["pair"], "seed": data["seed"],
+                               "plugins": data["plugins"], "budget": data["budget"], "axes": data["axes"],
+                               "description": data.get("description", "")},
+                              name=data["name"], source=data["source"],
+                              base_dir=Path(data["base_dir"]) if data.get("base_dir") else None)
+        sweep.overrides = list(data.get("overrides", []))
+        return sweep
 
 
 def _memory_bytes(device: str) -> int | None:

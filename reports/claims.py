@@ -233,7 +233,7 @@ def judge_cheaper(df: pd.DataFrame) -> Claim:
     return Claim("Cheaper", BY_CONSTRUCTION, evidence, rule, details, data, headline)
 
 
-SLICE_FIELDS = ("device", "dtype", "mode", "batch", "seq_len", "channels", "input_size")
+SLICE_FIELDS = ("machine", "device", "dtype", "mode", "batch", "seq_len", "channels", "input_size")
 # Which time the Faster rule reads: what a user pays per input token. A tLSTM also runs L - 1 extra
 # steps per sequence; time per recurrent step (call / (T+L-1)) is reported beside it.
 FASTER_TIME = "time_per_step_s"
@@ -305,13 +305,14 @@ def _fmt_ratio(ratio: Interval) -> str:
 def judge_faster(df: pd.DataFrame, seed: int = 0) -> Claim:
     """Faster: the fastest tLSTM's time per step grows with depth less than half as fast as the fastest
     stacked LSTM's, judged per slice on bootstrap intervals from the raw samples."""
-    rule = (f"per slice (device, dtype, mode, batch, T, M, R): the fastest tLSTM and the fastest stacked LSTM (lowest "
-            f"geometric-mean time per output step over the depths both ran) are each fitted time per output step = "
-            f"a + b·L over all those depths; holds where the ratio of per-layer slopes b_tLSTM / b_LSTM is below "
-            f"{FASTER_GROWTH_FRACTION:g} with its whole {int(CONFIDENCE * 100)}% bootstrap interval (from the raw "
-            f"samples, hierarchical over worker processes), does not hold where the whole interval is above, "
-            f"undecided where it straddles {FASTER_GROWTH_FRACTION:g}; not judged where the stacked LSTM's slope is "
-            f"not positive. Time per recurrent step (call / (T+L-1)) is in the tables, not in the rule")
+    rule = (f"per slice (machine, device, dtype, mode, batch, T, M, R): the fastest tLSTM and the fastest stacked "
+            f"LSTM (lowest geometric-mean time per output step over the depths both ran) are each fitted time per "
+            f"output step = a + b·L over all those depths; holds where the ratio of per-layer slopes "
+            f"b_tLSTM / b_LSTM is below {FASTER_GROWTH_FRACTION:g} with its whole {int(CONFIDENCE * 100)}% bootstrap "
+            f"interval (from the raw samples, hierarchical over worker processes), does not hold where the whole "
+            f"interval is above, undecided where it straddles {FASTER_GROWTH_FRACTION:g}; not judged where the "
+            f"stacked LSTM's slope is not positive. Time per recurrent step (call / (T+L-1)) is in the tables, not in "
+            f"the rule")
     ok = ok_rows(df)
     ok = ok[ok[FASTER_TIME].notna() & ok["depth"].notna() & (ok[FASTER_TIME] > 0)]
     rng = np.random.default_rng(seed)
@@ -330,7 +331,8 @@ def judge_faster(df: pd.DataFrame, seed: int = 0) -> Claim:
         tlstm = tlstm.at(lstm.depths)
         where = dict(zip(SLICE_FIELDS, slice_key))
         label = (f"{where['device']} {where['dtype']} {where['mode']}, batch {fmt_int(where['batch'])}, "
-                 f"T={fmt_int(where['seq_len'])}, M={fmt_int(where['channels'])}")
+                 f"T={fmt_int(where['seq_len'])}, M={fmt_int(where['channels'])}"
+                 + (f", on {where['machine']}" if ok["machine"].nunique() > 1 else ""))
         pair = (f"{tlstm.impl} [{tlstm.variant}] vs {lstm.impl}, L {int(tlstm.depths[0])}→{int(tlstm.depths[-1])}"
                 f" ({len(tlstm.depths)} depths)")
         t_slope, l_slope = tlstm.slope(), lstm.slope()
@@ -370,7 +372,7 @@ def judge_faster(df: pd.DataFrame, seed: int = 0) -> Claim:
         return Claim("Faster", NOT_MEASURED, f"{why} (run `tlstm-bench run depth`)", rule, details, data,
                      "Faster: not measured in these results.")
     words = {HOLDS: "yes", FAILS: "no", UNDECIDED: "undecided"}
-    names = {"seq_len": "T", "channels": "M", "input_size": "R", "dtype": "", "device": ""}
+    names = {"seq_len": "T", "channels": "M", "input_size": "R", "dtype": "", "device": "", "machine": ""}
     varying = [f for f in names if len({str(d[f]) for d in data}) > 1]  # what tells a regime's slices apart
     by_regime: dict[tuple, list[str]] = {}
     for d in data:

@@ -104,9 +104,11 @@ def _fmt_value(value: Any) -> str:
 def _pick_slice(rows: pd.DataFrame, x: str, slice_dims: tuple[str, ...]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The rows of the one combination of ``slice_dims`` that gives the most lines the most x values,
     and the values held fixed (for the caption)."""
-    dims = [d for d in slice_dims if d in rows.columns]
+    # a run that spans machines is plotted one machine per panel: a line never mixes them
+    dims = [d for d in ("machine", *slice_dims) if d in rows.columns]
     varying = [d for d in dims if rows[d].nunique(dropna=False) > 1]
-    fixed = {d: rows[d].dropna().iloc[0] for d in dims if d not in varying and rows[d].notna().any()}
+    fixed = {d: rows[d].dropna().iloc[0] for d in dims
+             if d not in varying and d != "machine" and rows[d].notna().any()}  # one machine needs no note
     if not varying:
         return rows, fixed
     best_key, best_score = None, None

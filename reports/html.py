@@ -169,6 +169,10 @@ def _caveats_html(df: pd.DataFrame, env: dict[str, Any]) -> str:
         items.append("noise across processes: not measured (each point ran in one worker process; separate runs "
                      "of the same sweep have differed by 30% on shared machines). Set budget.processes = 3 to "
                      "measure it")
+    machines = sorted({str(m) for m in df["machine"].dropna()}) if "machine" in df else []
+    if len(machines) > 1:
+        items.insert(0, f"these results come from {len(machines)} machines ({'; '.join(machines)}): every verdict "
+                        "and figure panel is per machine, and no ratio mixes two")
     return ('<div class="caveats"><b>Read these numbers with:</b><ul>'
             + "".join(f"<li>{_e(item)}</li>" for item in items) + "</ul></div>")
 

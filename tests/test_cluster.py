@@ -1,0 +1,210 @@
+"""Sweeps as submitit jobs: split into jobs with comparison groups whole, shards merged without loss or
+duplicates, a killed job recovered by collect, the SLURM submission checked with a fake sbatch/sacct."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import cli, cluster, results
+from bench.contract import Point
+from bench.runner import comparison_groups
+
+FAKES = Path(__file__).resolve().parent / "fake_impls.py"
+CLI = Path(sys.executable).parent / "tlstm-bench"
+
+
+def _sweep(tmp_path: Path, impls: list[str], sizes: list[int]) -> Path:
+    path = tmp_path / "jobs.toml"
+    path.write_text(f"""
+implementations = {json.dumps(impls)}
+plugins = [{json.dumps(str(FAKES))}]
+[budget]
+repeats = 2
+warmup = 0
+energy = false
+threads = 1
+[axes]
+tensor_size = {sizes}
+seq_len = [4]
+batch = [2]
+channels = [4]
+input_size = [3]
+mode = ["training"]
+device = ["cpu"]
+""")
+    return path
+
+
+def _lines(out: Path) -> list[tuple[str, int]]:
+    return [(r["key"], r.get("process", 0)) for r in results.read_records(out)]
+
+
+def test_plan_keeps_every_comparison_group_in_one_job():
+    points = [Point(impl=impl, family="tlstm", tensor_size=p, depth=p, seq_len=4, batch=2, channels=4, input_size=3,
+                    kernel_size=3, mem_conv=True, norm=None, dtype="float32", mode="training", device="cpu",
+                    repeats=2, warmup=0, seed=0) for p in range(1, 8) for impl in ("a", "b")]
+    shares = cluster.plan(points, 3)
+    assert len(shares) == 3 and sorted(i for share in shares for i in share) == list(range(14))
+    for group in comparison_groups(points):
+        assert sum(all(i in share for i, _ in group) for share in shares) == 1
+    assert max(map(len, shares)) - min(map(len, shares)) <= 2  # balanced to one group
+
+
+def test_local_jobs_split_merge_and_report(tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.run([str(CLI), "run", str(_sweep(tmp_path, ["fake_ok", "lstm_cudnn"], [1, 2, 3, 4])), "--out",
+                          str(out), "--executor", "local-jobs", "--jobs", "3"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "disturb each other's timings" in run.stderr
+    manifest = json.loads((out / "jobs.json").read_text())
+    assert len(manifest["jobs"]) == 3 and all((out / e["shard"] / "done.json").exists() for e in manifest["jobs"])
+    lines = _lines(out)
+    assert len(lines) == len(set(lines)) == 8  # every point once: nothing lost, nothing twice
+    df = results.load(out)
+    assert (df["status"] == "ok").all() and df["machine"].notna().all()
+    assert (out / "report.html").exists()
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found]
+
+
+def test_a_job_killed_mid_run_is_recovered_by_collect(tmp_path):
+    out = tmp_path / "out"
+    sweep = _sweep(tmp_path, ["fake_slow"], [1, 2, 3, 4, 5, 6])
+    # output to a file, not a pipe: the local jobs inherit it, and a pipe would be read until they end
+    log = tmp_path / "submit.log"
+    with open(log, "w") as f:
+        submitted = subprocess.run([str(CLI), "run", str(sweep), "--out", str(out), "--executor", "local-jobs",
+                                    "--jobs", "2", "--no-wait", "--set", "repeats=12"], cwd=tmp_path, stdout=f,
+                                   stderr=subprocess.STDOUT, timeout=120)  # 12 slow calls a point: time to kill
+    assert submitted.returncode == 0, log.read_text()
+    assert f"tlstm-bench collect {out}" in log.read_text()
+    manifest = json.loads((out / "jobs.json").read_text())
+    victim = manifest["jobs"][0]
+    shard = out / victim["shard"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(results.read_records(shard)) < 1:
+        time.sleep(0.02)
+    assert 1 <= len(results.read_records(shard)) < len(victim["points"]), "kill it mid-run"
+    # the whole job: its controller, the task, and the task's worker
+    tree, frontier = [], [int(victim["job_id"])]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier += _children(pid)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    before = {(r["key"], r["started_at"]) for r in results.read_records(shard)}
+    collected = subprocess.run([str(CLI), "collect", str(out), "--no-report"], cwd=tmp_path, capture_output=True,
+                               text=True, timeout=600)
+    assert collected.returncode == 0, collected.stderr
+    assert "resubmitted" in collected.stderr
+    lines = _lines(out)
+    assert len(lines) == len(set(lines)) == 6
+    merged = {(r["key"], r["started_at"]) for r in results.read_records(out)}
+    assert before <= merged  # what the killed job measured was kept, not measured again
+
+
+FAKE_SBATCH = """#!/usr/bin/env bash
+# records the script, runs it in the background as SLURM would, prints what sbatch prints
+n=$(( $(cat "$FAKE_SLURM/counter" 2>/dev/null || echo 4241) + 1 ))
+echo "$n" > "$FAKE_SLURM/counter"
+cp "$1" "$FAKE_SLURM/job-$n.sh"
+( export SLURM_JOB_ID=$n SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_NODEID=0 SLURM_NTASKS=1 SLURM_JOB_NUM_NODES=1 \\
+         SLURM_JOB_NODELIST=localhost SLURM_STEP_NODELIST=localhost
+  bash "$1" > "$FAKE_SLURM/job-$n.out" 2>&1; touch "$FAKE_SLURM/job-$n.done" ) < /dev/null > /dev/null 2>&1 &
+echo "Submitted batch job $n"
+"""
+FAKE_SRUN = """#!/usr/bin/env bash
+while [[ "$1" == --* ]]; do case "$1" in --unbuffered) shift ;; *) shift 2 ;; esac; done
+exec "$@"
+"""
+FAKE_SACCT = """#!/usr/bin/env bash
+echo "JobID|State|NodeList"
+while [ $# -gt 0 ]; do
+  if [ "$1" = "-j" ]; then
+    if [ -e "$FAKE_SLURM/job-$2.done" ]; then echo "$2|COMPLETED|localhost"; else echo "$2|RUNNING|localhost"; fi
+    shift
+  fi
+  shift
+done
+"""
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN), ("sacct", FAKE_SACCT)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    state = tmp_path / "slurm"
+    state.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM", str(state))
+    return state
+
+
+def test_slurm_submission_has_the_requested_resources_and_runs(tmp_path, fake_slurm):
+    out = tmp_path / "out"
+    sweep = _sweep(tmp_path, ["fake_ok", "lstm_cudnn"], [1, 2])
+    log = tmp_path / "submit.log"  # a file, not a pipe: the fake jobs inherit it
+    with open(log, "w") as f:
+        submitted = subprocess.run([str(CLI), "run", str(sweep), "--out", str(out), "--executor", "slurm",
+                                    "--partition", "gpu", "--gpus-per-job", "1", "--time-min", "30", "--slurm-opt",
+                                    "account=tlstm", "--jobs", "2", "--no-wait"], cwd=tmp_path, stdout=f,
+                                   stderr=subprocess.STDOUT, timeout=120)
+    assert submitted.returncode == 0, log.read_text()
+    scripts = sorted(fake_slurm.glob("job-*.sh"))
+    assert len(scripts) == 2
+    header = [line for line in scripts[0].read_text().splitlines() if line.startswith("#SBATCH")]
+    for expected in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --time=30",
+                     "#SBATCH --account=tlstm", "#SBATCH --job-name=tlstm-jobs"):
+        assert expected in header, header
+    assert "export PYTHONSAFEPATH=1" in scripts[0].read_text()
+    collected = subprocess.run([str(CLI), "collect", str(out), "--no-report"], cwd=tmp_path, capture_output=True,
+                               text=True, timeout=600)
+    assert collected.returncode == 0, collected.stderr + "".join(p.read_text() for p in fake_slurm.glob("*.out"))
+    lines = _lines(out)
+    assert len(lines) == len(set(lines)) == 4
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--executor", "cloud"], ["--executor", "invalid choice", "local-jobs", "slurm"]),
+    (["--partition", "gpu"], ["--partition", "need --executor slurm"]),
+    (["--executor", "local-jobs", "--jobs", "0"], ["--jobs", "from 1"]),
+    (["--jobs", "2"], ["--jobs needs --executor local-jobs or slurm"]),
+    (["--no-wait"], ["--no-wait needs --executor local-jobs or slurm"]),
+    (["--executor", "slurm"], ["SLURM login node", "sbatch"]),
+    (["--executor", "local-jobs", "--slurm-opt", "account"], ["--slurm-opt must be KEY=VALUE"]),
+])
+def test_bad_cluster_options_are_refused_before_anything_is_submitted(tmp_path, capsys, monkeypatch, argv, words):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no sbatch here
+    out = tmp_path / "out"
+    try:
+        code = cli.main(["run", str(_sweep(tmp_path, ["lstm_cudnn"], [1])), "--out", str(out), *argv])
+    except SystemExit as exc:  # argparse's own refusal of a choice
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert all(word in err for word in words), err
+    assert not out.exists()
+
+
+def test_collect_needs_a_cluster_run(tmp_path, capsys):
+    assert cli.main(["collect", str(tmp_path)]) == 2
+    assert "no jobs.json here" in capsys.readouterr().err
