@@ -68,8 +68,9 @@ class ClusterOptions:
             raise ClusterError("--jobs needs --executor local-jobs or slurm; --executor local runs in this process")
         if self.gpus_per_job is not None and not 0 <= self.gpus_per_job <= 64:
             raise ClusterError(f"--gpus-per-job must be from 0 to 64, got {self.gpus_per_job}")
-        if self.executor == "slurm" and shutil.which("sbatch") is None:
-            raise ClusterError("--executor slurm needs a SLURM login node: no `sbatch` on PATH")
+        absent = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if self.executor == "slurm" and absent:
+            raise ClusterError(f"--executor slurm needs a SLURM login node: no {' or '.join(absent)} on PATH")
 
 
 def parse_slurm_opts(items: list[str]) -> dict[str, str]:
