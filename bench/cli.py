@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import time
@@ -77,7 +78,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _latest_results(sweep_name: str) -> Path:
-    candidates = sorted(p.parent for p in RESULTS_ROOT.glob(f"{sweep_name}-*/sweep.json"))
+    # exactly <name>-<date>-<time>: `tiny` must not pick a `tiny-profile-...` run, nor `gpu` a `gpu-target-...`
+    stamp = re.compile(re.escape(sweep_name) + r"-\d{8}-\d{6}")
+    candidates = sorted(p.parent for p in RESULTS_ROOT.glob(f"{sweep_name}-*/sweep.json")
+                        if stamp.fullmatch(p.parent.name))
     if not candidates:
         raise UsageError(f"--resume: no earlier run of sweep {sweep_name!r} under {RESULTS_ROOT}/; "
                          "give its directory with --out DIR")
@@ -86,23 +90,37 @@ def _latest_results(sweep_name: str) -> Path:
 
 def _out_dir(args: argparse.Namespace, sweep_name: str) -> Path:
     if args.out is not None:
+        if not args.out.strip():
+            raise UsageError("--out: give a directory (an empty path would write into the current one)")
         out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"--out {out}: exists and is not a directory")
+        try:
+            if out.exists() and not out.is_dir():
+                raise UsageError(f"--out {out}: exists and is not a directory")
+        except OSError as exc:  # a name too long for the file system, say
+            raise UsageError(f"--out {args.out[:80]}: not a usable path ({exc.strerror or exc})") from None
         return out
     if args.resume:
         return _latest_results(sweep_name)
     return RESULTS_ROOT / f"{sweep_name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _check_started(args: argparse.Namespace, out: Path) -> None:
-    """--resume needs an earlier run in ``out``, a new run an empty one (checked under the lock)."""
+def _check_started(args: argparse.Namespace, out: Path, points) -> None:
+    """--resume needs an earlier run of the same points in ``out``, a new run an empty one (under the lock)."""
     started = (out / results.SWEEP_FILE).exists() or (out / results.RESULTS_FILE).exists()
     if args.resume and not started:
         raise UsageError(f"--out {out}: --resume needs an earlier run there (its sweep.json), found none")
     if not args.resume and started:
         raise UsageError(f"--out {out}: already holds a run; add --resume to continue it, or choose another "
                          "directory")
+    if args.resume and (out / results.SWEEP_FILE).exists():
+        try:
+            earlier = Sweep.from_json(results.read_sweep(out)).points()
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{out / results.SWEEP_FILE}: cannot read the earlier run's sweep ({exc})") from None
+        if {p.key for p in earlier} != {p.key for p in points}:
+            raise UsageError(f"--out {out}: --resume must run the same points as the earlier run there "
+                             f"({len(earlier)} points, see its sweep.json); give the same sweep and --set values, "
+                             "or another --out")
 
 
 def _write_sweep_json(out: Path, sweep, argv: list[str], resume: bool) -> None:
@@ -172,7 +190,7 @@ def _run_locked(args: argparse.Namespace, sweep, points, out: Path) -> int:
     from .runner import Runner, progress_printer
 
     try:
-        _check_started(args, out)
+        _check_started(args, out, points)
         _write_sweep_json(out, sweep, args.argv, args.resume)
         (out / results.RESULTS_FILE).touch()  # from here on the run can be resumed, even before its first point
     except UsageError as exc:
@@ -244,22 +262,38 @@ def _run_jobs(args: argparse.Namespace, sweep, points, out: Path) -> int:
     return _collect(args, out, wait=True)
 
 
+def _interrupted_jobs(out: Path) -> int:
+    _error(f"interrupted; the jobs go on; merge them and resubmit what failed with: tlstm-bench collect {out}")
+    return EXIT_INTERRUPTED
+
+
 def _collect(args: argparse.Namespace, out: Path, *, wait: bool) -> int:
     manifest = cluster.read_manifest(out)
-    sweep = Sweep.from_json(results.read_sweep(out))
+    try:
+        sweep = Sweep.from_json(results.read_sweep(out))
+    except (KeyError, TypeError) as exc:
+        raise ClusterError(f"{out / results.SWEEP_FILE}: not the sweep definition of a run ({exc!r})") from None
     cluster.merge_shards(out)
     running = [e for e in manifest["jobs"] if cluster.job_running(out, e)]
     todo, indices = cluster.missing(out, sweep, manifest, running)  # what failed or preempted jobs left
     if todo:
         options = ClusterOptions(**manifest["options"])
-        entries = cluster.submit(out, sweep, todo, indices, options, bool(getattr(args, "profile", False)))
+        try:
+            entries = cluster.submit(out, sweep, todo, indices, options, bool(manifest.get("profile")))
+        except (ClusterError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # submitit's own errors: sbatch refused the job, say
+            raise ClusterError(f"resubmitting {len(todo)} point(s) failed: {exc}") from None
         print(f"resubmitted {len(todo)} point(s) of failed or preempted jobs as {len(entries)} job(s)", file=sys.stderr)
         manifest = cluster.read_manifest(out)
     if not wait:
         print(f"{len(running)} job(s) running; collect again with: tlstm-bench collect {out} "
               f"(or without --no-wait to wait)")
         return EXIT_OK
-    cluster.wait(out, manifest, _job_progress(getattr(args, "quiet", False)))
+    try:
+        cluster.wait(out, manifest, _job_progress(getattr(args, "quiet", False)))
+    except KeyboardInterrupt:
+        return _interrupted_jobs(out)
     todo, _ = cluster.missing(out, sweep, manifest)
     df = results.load(out)
     counts = ", ".join(f"{s} {n}" for s, n in df["status"].value_counts().items())
@@ -272,10 +306,16 @@ def _collect(args: argparse.Namespace, out: Path, *, wait: bool) -> int:
 def _cmd_collect(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
+        if not out.is_dir():
+            raise ClusterError(f"{out}: not a directory (give the output directory of a run with --executor "
+                               "local-jobs or slurm)")
         with OutputLock(out):
             return _collect(args, out, wait=not args.no_wait)
     except (ClusterError, OutputBusy, ValueError) as exc:
         _error(str(exc))
+        return EXIT_USAGE
+    except OSError as exc:
+        _error(f"{args.out[:80]}: {exc.strerror or exc}")
         return EXIT_USAGE
 
 
@@ -304,7 +344,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             from . import pytest_benchmark_file
 
             frames.append(pytest_benchmark_file.load(args.pytest_benchmark))
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # no such file, not readable, a path too long, bad content
         _error(str(exc))
         return EXIT_USAGE
     if not frames:
@@ -333,26 +373,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from reports.compare import FASTER, SLOWER, compare, format_table
+    from reports.compare import FAILED, FASTER, SLOWER, compare, format_table
 
     if not 0 <= args.threshold < 10:
         _error(f"--threshold must be a fraction between 0 and 10 (0.05 = 5%), got {args.threshold}")
         return EXIT_USAGE
     try:
         base, new = results.load(args.base), results.load(args.new)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # no such file, not readable, a path too long, bad content
         _error(str(exc))
         return EXIT_USAGE
     table = compare(base, new, threshold=args.threshold)
     print(format_table(table))
     counts = table["verdict"].value_counts()
-    print(f"\n{len(table)} matched point(s): {counts.get(SLOWER, 0)} slower, {counts.get(FASTER, 0)} faster, "
-          f"the rest the same within {args.threshold:.0%} or their interval; unmatched: "
-          f"{table.attrs['unmatched_base']} only in BASE, {table.attrs['unmatched_new']} only in NEW")
+    failed = int(table["verdict"].str.startswith(FAILED).sum())
+    print(f"\n{len(table)} matched point(s): {counts.get(SLOWER, 0)} slower, {failed} failed in NEW, "
+          f"{counts.get(FASTER, 0)} faster, the rest the same within {args.threshold:.0%} or their interval; "
+          f"unmatched: {table.attrs['unmatched_base']} only in BASE, {table.attrs['unmatched_new']} only in NEW")
     if table.empty:
         _error("no point to compare: the two runs share no ok point")
         return EXIT_USAGE
-    return EXIT_FAILED if counts.get(SLOWER, 0) else EXIT_OK
+    return EXIT_FAILED if counts.get(SLOWER, 0) or failed else EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -443,7 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         # a skipped results line (or any other warning) as one line, not Python's two with a source line
         warnings.showwarning = lambda message, *_: print(f"tlstm-bench: warning: {message}", file=sys.stderr)
-        return args.func(args)
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:  # before a run started (loading plugins, say): nothing to resume
+            _error("interrupted")
+            return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

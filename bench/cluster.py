@@ -26,6 +26,7 @@ from typing import Any
 
 from . import results
 from .contract import Point
+from .measure import proc_field
 from .outdir import OutputLock, atomic_write
 from .runner import Runner, comparison_groups
 from .sweep import Sweep
@@ -35,8 +36,10 @@ MANIFEST = "jobs.json"
 JOBS_DIR = "jobs"
 SHARDS_DIR = "shards"
 DONE_FILE = "done.json"
-RUNNING_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "UNKNOWN",
-                  "READY"}
+# SLURM states in which a job may still write its shard. submitit says UNKNOWN for a job sacct does not list
+# yet (just submitted) or any more (purged): counted as running for UNKNOWN_GRACE_S after submission.
+RUNNING_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "READY"}
+UNKNOWN_GRACE_S = 600.0
 
 
 class ClusterError(ValueError):
@@ -63,7 +66,7 @@ class ClusterOptions:
         slurm_only = [name for name, given in (("--partition", self.partition), ("--gpus-per-job", self.gpus_per_job),
                                                ("--slurm-opt", self.slurm_opts)) if given]
         if slurm_only and self.executor != "slurm":
-            raise ClusterError(f"{', '.join(slurm_only)} need --executor slurm (got --executor {self.executor})")
+            raise ClusterError(f"{', '.join(slurm_only)}: only with --executor slurm (got --executor {self.executor})")
         if self.executor == "local" and self.jobs != 1:
             raise ClusterError("--jobs needs --executor local-jobs or slurm; --executor local runs in this process")
         if self.gpus_per_job is not None and not 0 <= self.gpus_per_job <= 64:
@@ -135,15 +138,23 @@ def read_manifest(out: Path) -> dict[str, Any]:
     if not path.exists():
         raise ClusterError(f"{out}: no {MANIFEST} here; this output was not run with --executor local-jobs or slurm")
     try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
+        manifest = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
         raise ClusterError(f"{path}: not readable ({exc})") from None
+    fields = ("number", "job_id", "executor", "shard", "indices", "points")
+    if (not isinstance(manifest, dict) or not isinstance(manifest.get("options"), dict)
+            or not isinstance(manifest.get("jobs"), list)
+            or not all(isinstance(e, dict) and all(f in e for f in fields) for e in manifest["jobs"])):
+        raise ClusterError(f"{path}: not a jobs manifest (an object with 'options' and 'jobs', each job with "
+                           f"{', '.join(fields)})")
+    return manifest
 
 
 def submit(out: Path, sweep: Sweep, points: list[Point], indices: list[int], options: ClusterOptions,
            profile: bool) -> list[dict[str, Any]]:
     """Submit jobs for these points; add them to the manifest (written atomically) and return them."""
-    manifest = read_manifest(out) if (out / MANIFEST).exists() else {"options": vars(options), "jobs": []}
+    manifest = (read_manifest(out) if (out / MANIFEST).exists()
+                else {"options": vars(options), "profile": profile, "jobs": []})
     executor = _executor(options, out / JOBS_DIR, f"tlstm-{sweep.name}")
     by_index = dict(zip(indices, points))
     entries = []
@@ -166,17 +177,20 @@ def job_running(out: Path, entry: dict[str, Any]) -> bool:
     if (out / entry["shard"] / DONE_FILE).exists():
         return False
     if entry["executor"] == "local-jobs":
+        # a local job's id is its controller's process id; a killed one may linger as a zombie of this process
         try:
-            os.kill(int(entry["job_id"]), 0)  # a local job's id is its process id
-        except (ProcessLookupError, ValueError):
-            return False
-        except PermissionError:
-            return True
-        return True
+            pid = int(entry["job_id"])
+            os.waitpid(pid, os.WNOHANG)  # reap it if it is our child and has ended
+        except (ValueError, ChildProcessError):
+            pass
+        state = proc_field(f"/proc/{entry['job_id']}/status", "State")
+        return state is not None and not state.startswith(("Z", "X"))
     import submitit
 
-    state = submitit.SlurmJob(folder=out / JOBS_DIR, job_id=entry["job_id"]).state
-    return state.split()[0].upper() in RUNNING_STATES
+    state = submitit.SlurmJob(folder=out / JOBS_DIR, job_id=entry["job_id"]).state.split()[0].upper()
+    if state == "UNKNOWN":
+        return time.time() - entry.get("submitted_at", 0) < UNKNOWN_GRACE_S
+    return state in RUNNING_STATES
 
 
 def merge_shards(out: Path) -> int:

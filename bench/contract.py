@@ -299,6 +299,11 @@ def record_problem(record: Any) -> str | None:
         return "'samples_s' is not a list of numbers"
     if not isinstance(record.get("process", 0), int) or isinstance(record.get("process", 0), bool):
         return "'process' is not an integer"
+    if not isinstance(record.get("env") or {}, dict):
+        return f"'env' is not an object (got {type(record.get('env')).__name__})"
+    schema = record.get("schema", 1)
+    if isinstance(schema, bool) or schema not in range(1, SCHEMA_VERSION + 1):
+        return f"results schema {schema!r} is unknown; this version reads schemas 1 to {SCHEMA_VERSION}"
     return None
 
 

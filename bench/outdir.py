@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 
 LOCK_FILE = ".lock"
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: os.umask can only be read by setting it
 
 
 class OutputBusy(RuntimeError):
@@ -57,7 +59,7 @@ class OutputLock:
         if OutputLock._held[directory] == 0:
             del OutputLock._held[directory]
             if self._fd is not None:
-                os.close(self._fd)  # closing releases the flock; the file stays, empty of meaning
+                os.close(self._fd)  # closing releases the flock; the file stays, with the last holder's pid
                 self._fd = None
 
 
@@ -67,6 +69,7 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a report is for others to read too
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()

@@ -103,9 +103,9 @@ def _write_trace(prof: Any, trace_path: Path) -> None:
         Path(raw).unlink(missing_ok=True)
 
 
-def _product_rate(events: list[Any]) -> tuple[float | None, list[int] | None, float | None]:
+def _product_rate(events: list[Any], dtype: str) -> tuple[float | None, list[int] | None, float | None]:
     """GFLOP/s of the profiled matrix products that report FLOPs, the shape that took longest, and the
-    machine's torch.mm rate on that shape (timed here, outside the profiler)."""
+    machine's torch.mm rate on that shape and dtype (timed here, outside the profiler)."""
     counted = [e for e in events if getattr(e, "flops", 0) and e.self_cpu_time_total > 0]
     if not counted:
         return None, None, None
@@ -114,7 +114,8 @@ def _product_rate(events: list[Any]) -> tuple[float | None, list[int] | None, fl
     shapes = [list(s) for s in (longest.input_shapes or []) if s]
     if len(shapes) < 2 or len(shapes[0]) != 2 or len(shapes[1]) != 2 or shapes[0][1] != shapes[1][0]:
         return rate, None, None
-    a, b = torch.randn(*shapes[0]), torch.randn(*shapes[1])
+    torch_dtype = getattr(torch, dtype)
+    a, b = torch.randn(*shapes[0]).to(torch_dtype), torch.randn(*shapes[1]).to(torch_dtype)
     torch.mm(a, b)
     calls, start = 0, time.perf_counter()
     while calls < 3 or time.perf_counter() - start < 0.05:
@@ -155,7 +156,12 @@ def profile_call(call: Callable[[], None], point: Point, trace_path: Path, *,
     top = sorted((e for e in prof.key_averages(group_by_input_shape=True)), key=lambda e: -e.self_cpu_time_total)
     top_ops = [{"name": e.key, "shapes": _shapes(e), "self_s": e.self_cpu_time_total * 1e-6, "calls": e.count,
                 "category": category(e.key)} for e in top[:TOP_OPERATORS]]
-    rate, shape, mm_rate = _product_rate([e for e in cpu_events if e.thread == caller])
+    # the products' rate from their CPU time: on a GPU that is launch time, so only on the CPU, and only
+    # where products are a real share of the call (else a few tiny products give a meaningless rate)
+    if not cuda and categories[PRODUCTS] >= 0.05 * wall:
+        rate, shape, mm_rate = _product_rate([e for e in cpu_events if e.thread == caller], point.dtype)
+    else:
+        rate = shape = mm_rate = None
     result: dict[str, Any] = {
         "wall_s": wall,
         "categories_s": categories,

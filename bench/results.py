@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from .contract import merge_rows, record_problem, record_row, results_frame
+from .contract import machine_fingerprint, merge_rows, record_problem, record_row, results_frame
 from .outdir import OutputLock
 
 RESULTS_FILE = "results.jsonl"
@@ -122,10 +122,14 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"no results file at {path}")
     records = read_records(path)
-    envs: list[dict[str, Any]] = []
+    if not records and path.stat().st_size > 0:
+        raise ValueError(f"{path}: no line is a results record (is it a results.jsonl?)")
+    envs: list[dict[str, Any]] = []  # one per machine (host, device, versions): the start-up matmul rate varies
+    seen: set[str | None] = set()
     for record in records:
         env = record.get("env") or {}
-        if env not in envs:
+        if machine_fingerprint(env) not in seen:
+            seen.add(machine_fingerprint(env))
             envs.append(env)
     sweep = read_sweep(path.parent)
     # one row per point: its processes' records merged (a process measured twice: the last record wins)

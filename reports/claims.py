@@ -52,6 +52,12 @@ def lstm_params(input_size: int, width: int, layers: int) -> int:
     return 4 * width * (input_size + width) + 8 * width + (layers - 1) * (8 * width * width + 8 * width)
 
 
+def _span(values: list[float], spec: str) -> str:
+    """'0.2–0.81' for a range, '0.82' when every value is the same."""
+    lo, hi = format(min(values), spec), format(max(values), spec)
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
 def _ints(values: Any) -> list[int]:
     return sorted({int(v) for v in values if not (isinstance(v, float) and math.isnan(v))})
 
@@ -110,13 +116,14 @@ def judge_wider(df: pd.DataFrame) -> Claim:
         return Claim("Wider", FAILS, "parameter count changes with P (or hidden size does not grow) for "
                      + "; ".join(failures), rule, details, data)
     first = data[0]
+    configs = {(d["variant"], d["channels"], d["input_size"]) for d in data}  # implementations of one are one
     width, channels, inputs = first["hidden_units"][-1], int(first["channels"]), int(first["input_size"])
     wide_lstm = lstm_params(inputs, int(width), 1)
     stacked = lstm_params(inputs, channels, first["tensor_sizes"][-1])
     evidence = (f"params constant at {fmt_int(first['params'][0])} "
                 f"for P = {', '.join(map(str, first['tensor_sizes']))} "
                 f"while hidden units grow {fmt_int(first['hidden_units'][0])} → {fmt_int(width)}"
-                + (f" (and in {len(data) - 1} more configuration(s))" if len(data) > 1 else "")
+                + (f" (and in {len(configs) - 1} more configuration(s))" if len(configs) > 1 else "")
                 + f"; one LSTM layer of {fmt_int(width)} units has {fmt_int(wide_lstm)}, a stacked LSTM of "
                 f"{first['tensor_sizes'][-1]} layers of {channels} has {fmt_int(stacked)}")
     headline = (f"Wider: yes, by construction: {fmt_int(width)} hidden units cost the tLSTM "
@@ -217,7 +224,7 @@ def judge_cheaper(df: pd.DataFrame) -> Claim:
                      "run quick` for depths >= 2)", rule, details, data)
     ratios = [d["ratio"] for d in data if d["depth"] >= 2]
     flop_ratios = [d["flop_ratio"] for d in data if d["depth"] >= 2 and not math.isnan(d["flop_ratio"])]
-    flop_text = (f"; but {min(flop_ratios):.2g}–{max(flop_ratios):.2g}x the stacked LSTM's FLOPs per output step"
+    flop_text = (f"; but {_span(flop_ratios, '.2g')}x the stacked LSTM's FLOPs per output step"
                  if flop_ratios else "")
     if failing:
         verdict = FAILS if len(failing) == judged else PARTLY
@@ -225,9 +232,9 @@ def judge_cheaper(df: pd.DataFrame) -> Claim:
                      + "; ".join(failing), rule, details, data)
     deepest = max((d for d in data), key=lambda d: d["depth"])
     evidence = (f"fewer parameters at all {judged} matched point(s) with L >= 2: ratio tLSTM/LSTM "
-                f"{min(ratios):.3f}–{max(ratios):.3f} (at L={deepest['depth']}: {fmt_int(deepest['params_tlstm'])} "
+                f"{_span(ratios, '.3f')} (at L={deepest['depth']}: {fmt_int(deepest['params_tlstm'])} "
                 f"vs {fmt_int(deepest['params_lstm'])}){flop_text}")
-    headline = (f"Cheaper in parameters, by construction: {min(ratios):.2g}–{max(ratios):.2g}x the stacked LSTM's at "
+    headline = (f"Cheaper in parameters, by construction: {_span(ratios, '.2g')}x the stacked LSTM's at "
                 f"the same depth and width{flop_text.replace('; but', ', but')} (it saves parameters and dependent "
                 "steps, not arithmetic).")
     return Claim("Cheaper", BY_CONSTRUCTION, evidence, rule, details, data, headline)
@@ -297,8 +304,10 @@ def _fmt_ratio(ratio: Interval) -> str:
     if ratio.value <= 0:
         return f"no growth with depth (slope ratio {ratio:.2g})"
     if ratio.value < 1:
-        lo = 1 / ratio.hi if ratio.hi > 0 else math.inf
-        return f"{1 / ratio.value:.3g}x less growth [{lo:.3g}, {1 / ratio.lo if ratio.lo > 0 else math.inf:.3g}]"
+        lo = 1 / ratio.hi if ratio.hi > 0 else 0.0
+        if ratio.lo <= 0:  # the interval reaches no growth at all: bounded on one side only
+            return f"{1 / ratio.value:.3g}x less growth (at least {lo:.3g}x)"
+        return f"{1 / ratio.value:.3g}x less growth [{lo:.3g}, {1 / ratio.lo:.3g}]"
     return f"{ratio.value:.3g}x more growth [{ratio.lo:.3g}, {ratio.hi:.3g}]"
 
 
@@ -382,7 +391,12 @@ def judge_faster(df: pd.DataFrame, seed: int = 0) -> Claim:
     where_text = "; ".join(f"batch {fmt_int(b)} {m}: " + ", ".join(parts)
                            for (b, m), parts in sorted(by_regime.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))))
     verdicts = {d["verdict"] for d in data}
-    verdict = verdicts.pop() if len(verdicts) == 1 else PARTLY
+    if len(verdicts) == 1:
+        verdict = verdicts.pop()
+    elif HOLDS in verdicts:
+        verdict = PARTLY
+    else:  # some slices do not hold and none holds: the claim does not hold where it was decided
+        verdict = FAILS
     n_quicker = sum(d["outright"].hi < 1 for d in data)
     evidence = (f"{where_text}. At the largest depth the fastest tLSTM is faster outright (whole interval below 1x) "
                 f"in {n_quicker} of {len(data)} slice(s)")

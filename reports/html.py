@@ -184,6 +184,12 @@ def _headline_html(df: pd.DataFrame, env: dict[str, Any], claims: list[Claim], h
             + _figure_html(headline, f"<h3>{_e(headline.title)}</h3>", paths, out_dir))
 
 
+# the profile categories as the table's split column writes them
+_SHORT = {"matrix products": "products", "pointwise and reductions": "pointwise", "memory copies and allocation":
+          "memory", "fused RNN library kernels": "RNN library", "other operators": "other",
+          "framework overhead": "overhead"}
+
+
 def _where_html(df: pd.DataFrame, split: Figure, paths: dict[str, pathlib.Path], out_dir: pathlib.Path) -> str:
     """The profiled points: the split figure, the overhead share per implementation, and a table with the
     top operator, the product rate against torch.mm on the same shape, and each point's trace file."""
@@ -202,8 +208,8 @@ def _where_html(df: pd.DataFrame, split: Figure, paths: dict[str, pathlib.Path],
         if not isinstance(prof, dict) or not prof.get("wall_s"):
             continue
         cats = prof.get("categories_s") or {}
-        split_text = ", ".join(f"{name.split()[0]} {seconds / prof['wall_s']:.0%}" for name, seconds in cats.items()
-                               if seconds / prof["wall_s"] >= 0.005)
+        split_text = ", ".join(f"{_SHORT.get(name, name)} {seconds / prof['wall_s']:.0%}"
+                               for name, seconds in cats.items() if seconds / prof["wall_s"] >= 0.005)
         top = (prof.get("top_ops") or [{}])[0]
         rate = prof.get("product_gflops")
         mm = prof.get("mm_gflops_same_shape")
@@ -416,8 +422,8 @@ Each verdict below is computed from the points in this report only (status ok), 
 <section id="environment">
 <h2>Environment</h2>
 {_env_html(df, env)}
-{f'<p class="noisy">These results come from {len(envs)} different environments (a resumed run changed machine '
- 'or versions); the table shows the first.</p>' if len(envs) > 1 else ''}
+{f'<p class="noisy">These results come from {len(envs)} machines (host, device or versions differ); the table '
+ 'shows the first.</p>' if len(envs) > 1 else ''}
 </section>
 <section id="sweep">
 <h2>Sweep configuration</h2>

@@ -67,12 +67,14 @@ def bootstrap_medians(samples: Sequence[float], processes: Sequence[int] | None 
 
 
 def interval(value: float, replicates: np.ndarray, confidence: float = CONFIDENCE) -> Interval:
-    """The percentile interval of bootstrap replicates around a point estimate (NaN replicates ignored)."""
-    finite = replicates[np.isfinite(replicates)]
-    if finite.size == 0:
+    """The percentile interval of bootstrap replicates around a point estimate (NaN replicates ignored;
+    infinite ones kept, so an interval can be unbounded)."""
+    known = replicates[~np.isnan(replicates)]  # an infinite replicate (an unbounded ratio) counts, at its end
+    if known.size == 0:
         return Interval(value, np.nan, np.nan)
     tail = (1 - confidence) / 2 * 100
-    lo, hi = np.percentile(finite, [tail, 100 - tail])
+    lo = np.percentile(known, tail, method="lower")  # no interpolation: an infinite end stays infinite
+    hi = np.percentile(known, 100 - tail, method="higher")
     return Interval(value, float(lo), float(hi))
 
 

@@ -185,7 +185,7 @@ def test_slurm_submission_has_the_requested_resources_and_runs(tmp_path, fake_sl
 
 @pytest.mark.parametrize("argv, words", [
     (["--executor", "cloud"], ["--executor", "invalid choice", "local-jobs", "slurm"]),
-    (["--partition", "gpu"], ["--partition", "need --executor slurm"]),
+    (["--partition", "gpu"], ["--partition", "only with --executor slurm"]),
     (["--executor", "local-jobs", "--jobs", "0"], ["--jobs", "from 1"]),
     (["--jobs", "2"], ["--jobs needs --executor local-jobs or slurm"]),
     (["--no-wait"], ["--no-wait needs --executor local-jobs or slurm"]),
@@ -208,3 +208,33 @@ def test_bad_cluster_options_are_refused_before_anything_is_submitted(tmp_path, 
 def test_collect_needs_a_cluster_run(tmp_path, capsys):
     assert cli.main(["collect", str(tmp_path)]) == 2
     assert "no jobs.json here" in capsys.readouterr().err
+
+
+def test_a_job_that_dies_while_the_cli_waits_does_not_hang_it(tmp_path):
+    # used to: the dead job stayed a zombie child of the waiting CLI, counted as running, and the CLI waited forever
+    out = tmp_path / "out"
+    log = tmp_path / "run.log"
+    with open(log, "w") as f:
+        waiting = subprocess.Popen([str(CLI), "run", str(_sweep(tmp_path, ["fake_slow"], [1, 2, 3, 4])), "--out",
+                                    str(out), "--executor", "local-jobs", "--jobs", "2", "--set", "repeats=12",
+                                    "--no-report"], cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "jobs.json").exists():
+        time.sleep(0.05)
+    victim = int(json.loads((out / "jobs.json").read_text())["jobs"][0]["job_id"])
+    tree, frontier = [], [victim]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier += _children(pid)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert waiting.wait(timeout=300) == 1, log.read_text()  # it ends, saying points are missing
+    assert "tlstm-bench collect" in log.read_text()
+    collected = subprocess.run([str(CLI), "collect", str(out), "--no-report"], cwd=tmp_path, capture_output=True,
+                               text=True, timeout=600)
+    assert collected.returncode == 0, collected.stderr
+    assert len(_lines(out)) == len(set(_lines(out))) == 4

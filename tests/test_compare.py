@@ -70,3 +70,20 @@ def test_bad_input_is_refused(tmp_path, capsys):
     assert cli.main(["compare", str(base), str(base), "--threshold", "-1"]) == 2
     assert "--threshold must be" in capsys.readouterr().err
     shutil.rmtree(base)
+
+
+def test_points_match_across_runs_whose_columns_differ_in_type_and_a_failed_point_fails(tmp_path, capsys):
+    from bench import results
+
+    base = _copy(tmp_path, "a")
+    new = _copy(tmp_path, "b")
+    records = [json.loads(line) for line in (new / "results.jsonl").read_text().splitlines()]
+    records[0]["status"] = "crashed"
+    records[0]["samples_s"], records[0]["metrics"] = [], {}
+    (new / "results.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    base_df = results.load(base)
+    base_df["tensor_size"] = base_df["tensor_size"].astype(float)  # 2.0 in one run, 2 in the other
+    table = compare(base_df, results.load(new))
+    assert len(table) == 8 and table.iloc[0]["verdict"] == "failed (crashed)"
+    assert cli.main(["compare", str(base), str(new)]) == 1
+    assert "1 failed in NEW" in capsys.readouterr().out

@@ -243,3 +243,21 @@ def test_speedups_match_points_and_skip_failed_ones():
     assert not math.isnan(over_lstm["speedup"].sum())
 
 
+
+
+def test_faster_is_undecided_when_the_lstms_own_slope_is_uncertain():
+    # replicates where the LSTM does not slow down leave the ratio unbounded: the interval must say so
+    from reports.stats import interval
+
+    assert interval(0.1, np.array([0.1] * 900 + [np.inf] * 100)).hi == np.inf
+    claim = _faster(_lines_frame({"tlstm_fused": ("tlstm", 10e-6, 0.1e-6, 0.05),
+                                  "lstm_cudnn": ("lstm", 10e-6, 0.15e-6, 0.6)}, samples=5))
+    assert claim.data and claim.data[0]["ratio"].hi > 0.5 and claim.verdict in (UNDECIDED, NOT_MEASURED)
+
+
+def test_faster_does_not_hold_when_no_slice_holds_and_others_are_undecided():
+    failing = _lines_frame({"tlstm_fused": ("tlstm", 10e-6, 10e-6, 0.05), "lstm_cudnn": ("lstm", 10e-6, 0.5e-6, 0.05)})
+    straddling = _lines_frame({"tlstm_fused": ("tlstm", 10e-6, 5e-6, 0.3), "lstm_cudnn": ("lstm", 10e-6, 10e-6, 0.3)},
+                              batch=64, samples=5)
+    claim = _faster(pd.concat([failing, straddling], ignore_index=True))
+    assert {d["verdict"] for d in claim.data} == {FAILS, UNDECIDED} and claim.verdict == FAILS

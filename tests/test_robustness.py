@@ -308,3 +308,77 @@ def test_a_truncated_sweep_json_is_named(tmp_path, capsys):
     (out / "sweep.json").write_text('{"name": "tin')
     _refused(capsys, ["report", str(out)], str(out / "sweep.json"), "not a readable sweep definition")
     _refused(capsys, ["run", str(_sweep(tmp_path)), "--out", str(out), "--resume"], str(out / "sweep.json"))
+
+
+# --- found by a review as a new user ---------------------------------------------------------------
+
+
+def test_resume_must_run_the_same_points(tmp_path, capsys):
+    sweep = _sweep(tmp_path)
+    out = tmp_path / "out"
+    assert cli.main(["run", str(sweep), "--out", str(out), "--no-report", "--quiet"]) == 0
+    _refused(capsys, ["run", str(sweep), "--out", str(out), "--resume", "--set", "batch=3"], "--resume must run the "
+             "same points")
+    assert cli.main(["run", str(sweep), "--out", str(out), "--resume", "--no-report", "--quiet"]) == 0
+
+
+def test_resume_without_out_takes_the_latest_run_of_exactly_this_sweep(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "RESULTS_ROOT", tmp_path)
+    for name in ("tiny-20250101-000000", "tiny-profile-20260101-000000", "tiny-x-20270101-000000"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "sweep.json").write_text("{}")
+    assert cli._latest_results("tiny").name == "tiny-20250101-000000"
+
+
+@pytest.mark.parametrize("out", ["", " ", "a" * 300])
+def test_an_empty_or_impossible_out_is_refused(tmp_path, capsys, monkeypatch, out):
+    monkeypatch.chdir(tmp_path)
+    _refused(capsys, ["run", str(_sweep(tmp_path)), "--out", out], "--out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.toml"]  # nothing written where we stand
+
+
+@pytest.mark.parametrize("line, why", [
+    ({"schema": 3}, "results schema 3 is unknown"),
+    ({"schema": "2"}, "results schema '2' is unknown"),
+    ({"env": "notadict"}, "'env' is not an object"),
+])
+def test_lines_of_an_unknown_schema_or_a_bad_env_are_skipped_not_fatal(tmp_path, line, why):
+    out = tmp_path / "out"
+    out.mkdir()
+    results.append(out, _record(0))
+    results.append(out, {**_record(1), **line})
+    with pytest.warns(results.ResultsWarning, match=f"line 2 skipped: {why}"):
+        assert list(results.load(out)["seed"]) == [0]
+
+
+def test_a_file_without_any_record_is_refused(tmp_path, capsys):
+    path = tmp_path / "results.jsonl"
+    path.write_text("[1]\n")
+    _refused(capsys, ["report", str(path)], "no line is a results record")
+
+
+def test_a_resumed_run_on_the_same_machine_is_one_environment(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {"hostname": "h", "cpu_model": "c", "torch": "2.13.0", "matmul_gflops": {"cpu:float32": 90.0}}
+    results.append(out, {**_record(0), "env": env})
+    results.append(out, {**_record(1), "env": {**env, "matmul_gflops": {"cpu:float32": 95.0}}})
+    assert "envs" not in results.load(out).attrs
+    results.append(out, {**_record(2), "env": {**env, "hostname": "other"}})
+    assert len(results.load(out).attrs["envs"]) == 2
+
+
+def test_files_written_whole_are_readable_by_others(tmp_path):
+    # used to: mkstemp's 0600, so a report on a shared machine was readable by its writer only
+    atomic_write(tmp_path / "report.html", "<html></html>")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("where", ["nowhere", "a-file"])
+def test_collect_of_a_path_that_is_no_run_is_refused(tmp_path, capsys, where):
+    path = tmp_path / where
+    if where == "a-file":
+        path.write_text("x")
+    _refused(capsys, ["collect", str(path)], "not a directory")
