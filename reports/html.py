@@ -279,6 +279,10 @@ def _summary_html(df: pd.DataFrame) -> str:
                 text += f" <span class=\"rule\">({format_seconds(recurrent)} per recurrent step)</span>"
             if noisy:
                 text += ' <span class="noisy" title="IQR/median above 10%">noisy</span>'
+            spread = group["process_spread"].max()
+            if bool(group["processes_disagree"].fillna(False).astype(bool).any()):
+                text += (f' <span class="noisy" title="the medians of its worker processes differ by more than 10% '
+                         f'of the pooled median">processes disagree ({spread:.0%})</span>')
             row.append(text)
         rows.append(row)
     header = [_e(_SIZE_NAMES.get(f, f)) for f in index] + [_e(label) for label in labels]
@@ -289,7 +293,9 @@ def _summary_html(df: pd.DataFrame) -> str:
     return (note + "<p>Median time per output step (time per call / T; what the Faster rule reads) and its IQR; "
             "where it differs, the time per recurrent step (time per call / the T + L - 1 steps a tLSTM runs); "
             "<span class=\"noisy\">noisy</span> "
-            "marks points whose IQR exceeds 10% of the median.</p>"
+            "marks points whose IQR exceeds 10% of the median, <span class=\"noisy\">processes disagree</span> "
+            "points measured in several worker processes whose medians differ by more than 10% (the spread in "
+            "brackets).</p>"
             + _table(header, rows, numeric=set(range(len(index), len(header)))))
 
 

@@ -182,3 +182,13 @@ def test_empty_results_build_a_report_that_says_so(tmp_path):
         assert f'<section id="{section}">' in text
     assert "<img" not in text and text.count("Not in these results") == 10  # 8 figures, headline, time split
     assert all(c.verdict == "not measured" for c in reports.judge_claims(reports.normalize(df)))
+
+
+def test_points_whose_processes_disagree_are_flagged_in_the_summary(tmp_path):
+    df = make_results(depths=(1, 2), batches=(1,), modes=("training",), failed=False)
+    df["process_spread"] = 0.02
+    df["processes_disagree"] = False
+    df.loc[0, ["process_spread", "processes_disagree"]] = [0.4, True]
+    text = reports.build_report(df, tmp_path / "r.html").read_text()
+    summary = text[text.index('<section id="summary">'):text.index('<section id="speedups">')]
+    assert summary.count("processes disagree (40%)") == 1
