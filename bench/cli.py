@@ -214,10 +214,14 @@ def _run_locked(args: argparse.Namespace, sweep, points, out: Path) -> int:
         _error(f"the run stopped: {exc}; finished points are in {out / results.RESULTS_FILE}")
         return EXIT_FAILED
     df = results.load(out)
-    counts = ", ".join(f"{s} {n}" for s, n in df["status"].value_counts().items())
-    print(f"\n{len(df)} points ({counts}); {summary.skipped} already done, {summary.total - summary.skipped} run "
-          f"in {summary.wall_s:.1f} s")
+    print(f"\n{len(df)} points ({_status_counts(df)}); {summary.skipped} already done, "
+          f"{summary.total - summary.skipped} run in {summary.wall_s:.1f} s")
     return _finish(args, df, out)
+
+
+def _status_counts(df) -> str:
+    """'ok 60, timeout 4': how many points ended in each status."""
+    return ", ".join(f"{s} {n}" for s, n in df["status"].value_counts().items())
 
 
 def _finish(args: argparse.Namespace, df, out: Path) -> int:
@@ -280,7 +284,7 @@ def _collect(args: argparse.Namespace, out: Path, *, wait: bool) -> int:
         options = ClusterOptions(**manifest["options"])
         try:
             entries = cluster.submit(out, sweep, todo, indices, options, bool(manifest.get("profile")))
-        except (ClusterError, KeyboardInterrupt):
+        except ClusterError:
             raise
         except Exception as exc:  # submitit's own errors: sbatch refused the job, say
             raise ClusterError(f"resubmitting {len(todo)} point(s) failed: {exc}") from None
@@ -296,8 +300,7 @@ def _collect(args: argparse.Namespace, out: Path, *, wait: bool) -> int:
         return _interrupted_jobs(out)
     todo, _ = cluster.missing(out, sweep, manifest)
     df = results.load(out)
-    counts = ", ".join(f"{s} {n}" for s, n in df["status"].value_counts().items())
-    print(f"\n{len(df)} points ({counts}) from {len(manifest['jobs'])} job(s)"
+    print(f"\n{len(df)} points ({_status_counts(df)}) from {len(manifest['jobs'])} job(s)"
           + (f"; {len(todo)} point(s) missing (their jobs failed): `tlstm-bench collect {out}` resubmits them"
              if todo else ""))
     return _finish(args, df, out) if not todo else max(_finish(args, df, out), EXIT_FAILED)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import results
-from .contract import Point
+from .contract import Point, measurement_id
 from .measure import proc_field
 from .outdir import OutputLock, atomic_write
 from .runner import Runner, comparison_groups
@@ -196,11 +196,11 @@ def job_running(out: Path, entry: dict[str, Any]) -> bool:
 def merge_shards(out: Path) -> int:
     """Append to ``results.jsonl`` every shard record whose (point, process) it lacks; returns how many."""
     with OutputLock(out):
-        have = {(r.get("key"), r.get("process", 0)) for r in results.repair(out)}
+        have = {measurement_id(r) for r in results.repair(out)}
         added = 0
         for shard in sorted((out / SHARDS_DIR).glob("job-*")):
             for record in results.read_records(shard):
-                ident = (record.get("key"), record.get("process", 0))
+                ident = measurement_id(record)
                 if ident not in have:
                     results.append(out, record)
                     have.add(ident)
@@ -212,7 +212,7 @@ def missing(out: Path, sweep: Sweep, manifest: dict[str, Any],
             running: list[dict[str, Any]] | None = None) -> tuple[list[Point], list[int]]:
     """The manifest's points with a (point, process) measurement still absent from ``results.jsonl``, less
     those a job in ``running`` may still measure."""
-    have = {(r.get("key"), r.get("process", 0)) for r in results.read_records(out)}
+    have = {measurement_id(r) for r in results.read_records(out)}
     pending = {index for entry in (running or []) for index in entry["indices"]}
     points, indices, seen = [], [], set()
     for entry in manifest["jobs"]:

@@ -281,6 +281,11 @@ def make_record(point: Point, *, status: str, message: str, samples_s: list[floa
             "started_at": started_at}
 
 
+def measurement_id(record: dict[str, Any]) -> tuple[Any, int]:
+    """What a results line is a measurement of: its point's key and the worker process (0 by default)."""
+    return record.get("key"), record.get("process", 0)
+
+
 def record_problem(record: Any) -> str | None:
     """None if ``record`` has the shape of a results record (any schema), else what is wrong with it."""
     if not isinstance(record, dict):

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from .contract import machine_fingerprint, merge_rows, record_problem, record_row, results_frame
+from .contract import machine_fingerprint, measurement_id, merge_rows, record_problem, record_row, results_frame
 from .outdir import OutputLock
 
 RESULTS_FILE = "results.jsonl"
@@ -128,14 +128,16 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
     seen: set[str | None] = set()
     for record in records:
         env = record.get("env") or {}
-        if machine_fingerprint(env) not in seen:
-            seen.add(machine_fingerprint(env))
+        machine = machine_fingerprint(env)
+        if machine not in seen:
+            seen.add(machine)
             envs.append(env)
     sweep = read_sweep(path.parent)
     # one row per point: its processes' records merged (a process measured twice: the last record wins)
     by_key: dict[Any, dict[int, dict[str, Any]]] = {}
     for record in records:
-        by_key.setdefault(record.get("key"), {})[record.get("process", 0)] = record_row(record)
+        key, process = measurement_id(record)
+        by_key.setdefault(key, {})[process] = record_row(record)
     rows = [merge_rows([by_process[p] for p in sorted(by_process)]) for by_process in by_key.values()]
     df = results_frame(rows, envs[0] if envs else {}, sweep)
     if len(df):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import results
-from .contract import Point, make_record
+from .contract import Point, make_record, measurement_id
 from .outdir import OutputLock
 from .sweep import Sweep
 
@@ -275,7 +275,7 @@ class Runner:
     def _run(self, points: list[Point], *, resume: bool, progress: ProgressFn | None,
              indices: list[int] | None) -> RunSummary:
         path = self.out_dir / results.RESULTS_FILE
-        done = {(r.get("key"), r.get("process", 0)) for r in results.repair(path)} if resume else set()
+        done = {measurement_id(r) for r in results.repair(path)} if resume else set()
         schedule = list(self.schedule(points, indices))
         todo = [(i, p, process) for i, p, process in schedule if (p.key, process) not in done]
         summary = RunSummary(self.out_dir, total=len(schedule), skipped=len(schedule) - len(todo))

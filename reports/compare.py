@@ -31,6 +31,12 @@ def _samples(row: pd.Series) -> tuple[list[float], list[int] | None]:
     return samples, processes if isinstance(processes, list) else None
 
 
+def _describe(row: pd.Series) -> str:
+    size = f"P={int(row['tensor_size'])} " if pd.notna(row["tensor_size"]) else ""
+    return (f"{size}L={int(row['depth'])} T={int(row['seq_len'])} B={int(row['batch'])} M={int(row['channels'])} "
+            f"{row['dtype']} {row['mode']} {row['device']}")
+
+
 def compare(base: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.05, seed: int = 0) -> pd.DataFrame:
     """One row per matched ok point: sizes, both medians, the ratio new / base with its interval and the
     verdict; worst (largest ratio) first."""
@@ -55,9 +61,7 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.05, seed
     new_failed = {m: row for m, row in by_match(new[new["status"] != "ok"]).items() if m in base_ok}
     rows = []
     for match, n in new_failed.items():  # ok before, failed now: the worst regression of all
-        size = f"P={int(n['tensor_size'])} " if pd.notna(n["tensor_size"]) else ""
-        rows.append({"impl": n["impl"], "point": f"{size}L={int(n['depth'])} T={int(n['seq_len'])} "
-                     f"B={int(n['batch'])} M={int(n['channels'])} {n['dtype']} {n['mode']} {n['device']}",
+        rows.append({"impl": n["impl"], "point": _describe(n),
                      "base_s": float(base_ok[match]["time_median_s"]), "new_s": np.nan, "ratio": np.inf,
                      "ratio_lo": np.inf, "ratio_hi": np.inf, "verdict": f"{FAILED} ({n['status']})"})
     for match in [m for m in new_ok if m in base_ok]:
@@ -76,11 +80,9 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.05, seed
             verdict = FASTER
         else:
             verdict = SAME
-        size = f"P={int(n['tensor_size'])} " if pd.notna(n["tensor_size"]) else ""
         rows.append({
             "impl": n["impl"],
-            "point": f"{size}L={int(n['depth'])} T={int(n['seq_len'])} B={int(n['batch'])} M={int(n['channels'])} "
-                     f"{n['dtype']} {n['mode']} {n['device']}",
+            "point": _describe(n),
             "base_s": float(b["time_median_s"]), "new_s": float(n["time_median_s"]),
             "ratio": ratio, "ratio_lo": band.lo, "ratio_hi": band.hi, "verdict": verdict,
         })  # fmt: skip

@@ -276,7 +276,8 @@ def _line_figure(
     return _png(fig), notes
 
 
-def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
+def with_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """The ok rows with their plotted line's label."""
     ok = ok_rows(df).copy()
     ok["label"] = line_labels(ok) if not ok.empty else pd.Series(dtype=object)
     return ok
@@ -641,7 +642,7 @@ def build_figures(df: pd.DataFrame, env: dict[str, Any] | None = None) -> list[F
     # pandas deep-copies attrs into every intermediate frame; the figures never read them
     df = df.copy()
     df.attrs = {}
-    ok = _with_labels(df)
+    ok = with_labels(df)
     return [
         fig_wider(ok),
         fig_cheaper(ok),

@@ -22,7 +22,15 @@ from bench.outdir import atomic_write
 
 from .claims import BY_CONSTRUCTION, FAILS, HOLDS, NOT_MEASURED, PARTLY, UNDECIDED, Claim, judge_claims
 from .data import ReportInputError, line_labels, normalize
-from .figures import Figure, build_figures, fig_headline, fig_time_split, matched_speedups, profile_shares
+from .figures import (
+    Figure,
+    build_figures,
+    fig_headline,
+    fig_time_split,
+    matched_speedups,
+    profile_shares,
+    with_labels,
+)  # fmt: skip
 
 SECTIONS = ("headline", "claims", "figures", "where", "summary", "speedups", "failures", "environment", "sweep",
             "reproduce")
@@ -194,8 +202,7 @@ def _where_html(df: pd.DataFrame, split: Figure, paths: dict[str, pathlib.Path],
     """The profiled points: the split figure, the overhead share per implementation, and a table with the
     top operator, the product rate against torch.mm on the same shape, and each point's trace file."""
     figure = _figure_html(split, f"<h3>{_e(split.title)}</h3>", paths, out_dir)
-    ok = df[(df["status"] == "ok")].copy()
-    ok["label"] = line_labels(ok) if not ok.empty else pd.Series(dtype=object)
+    ok = with_labels(df)
     shares = profile_shares(ok)
     if shares.empty:
         return figure
@@ -470,9 +477,7 @@ def build_report(df: pd.DataFrame, out: pathlib.Path) -> pathlib.Path:
     faster = next(c for c in claims if c.name == "Faster")
     headline = fig_headline(faster.data)
     figures = build_figures(frame, attrs.get("env") or {})
-    ok = frame[frame["status"] == "ok"].copy()
-    ok["label"] = line_labels(ok) if not ok.empty else pd.Series(dtype=object)
-    split = fig_time_split(ok)
+    split = fig_time_split(with_labels(frame))
     frame.attrs = attrs
     path.parent.mkdir(parents=True, exist_ok=True)
     fig_dir = path.parent / f"{path.stem}_figures"

@@ -79,6 +79,20 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in found]
 
 
+def _kill_job(controller: int) -> None:
+    """SIGKILL a local job whole: its controller, the task, and the task's worker."""
+    tree, frontier = [], [controller]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier += _children(pid)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_a_job_killed_mid_run_is_recovered_by_collect(tmp_path):
     out = tmp_path / "out"
     sweep = _sweep(tmp_path, ["fake_slow"], [1, 2, 3, 4, 5, 6])
@@ -97,17 +111,7 @@ def test_a_job_killed_mid_run_is_recovered_by_collect(tmp_path):
     while time.monotonic() < deadline and len(results.read_records(shard)) < 1:
         time.sleep(0.02)
     assert 1 <= len(results.read_records(shard)) < len(victim["points"]), "kill it mid-run"
-    # the whole job: its controller, the task, and the task's worker
-    tree, frontier = [], [int(victim["job_id"])]
-    while frontier:
-        pid = frontier.pop()
-        tree.append(pid)
-        frontier += _children(pid)
-    for pid in tree:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _kill_job(int(victim["job_id"]))
     before = {(r["key"], r["started_at"]) for r in results.read_records(shard)}
     collected = subprocess.run([str(CLI), "collect", str(out), "--no-report"], cwd=tmp_path, capture_output=True,
                                text=True, timeout=600)
@@ -221,17 +225,7 @@ def test_a_job_that_dies_while_the_cli_waits_does_not_hang_it(tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out / "jobs.json").exists():
         time.sleep(0.05)
-    victim = int(json.loads((out / "jobs.json").read_text())["jobs"][0]["job_id"])
-    tree, frontier = [], [victim]
-    while frontier:
-        pid = frontier.pop()
-        tree.append(pid)
-        frontier += _children(pid)
-    for pid in tree:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _kill_job(int(json.loads((out / "jobs.json").read_text())["jobs"][0]["job_id"]))
     assert waiting.wait(timeout=300) == 1, log.read_text()  # it ends, saying points are missing
     assert "tlstm-bench collect" in log.read_text()
     collected = subprocess.run([str(CLI), "collect", str(out), "--no-report"], cwd=tmp_path, capture_output=True,
