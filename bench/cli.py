@@ -137,7 +137,11 @@ def _write_sweep_json(out: Path, sweep, argv: list[str], resume: bool) -> None:
 
 
 def summary_table(df) -> str:
-    """Median time per step (over the other axes) by implementation and mode, one column per size."""
+    """Median time per step (over the other axes) by implementation and mode, one column per size; for
+    training points, samples to solve (or the best held-out accuracy) per model, seed and depth."""
+    trained = df[df["train"].map(lambda t: isinstance(t, dict))]
+    if not trained.empty:
+        return training_table(trained)
     ok = df[df["status"] == "ok"]
     if ok.empty:
         return "(no ok points to tabulate)"
@@ -149,6 +153,32 @@ def summary_table(df) -> str:
     for (impl, mode), row in table.iterrows():
         cells = "".join(f"{format_seconds(v):<11}" for v in row)
         lines.append(f"{impl + ' ' + mode:<30}{cells}")
+    return "\n".join(lines)
+
+
+def training_table(df) -> str:
+    """Per model (implementation and switches) and depth: each seed's samples to solve, or its best accuracy."""
+    def model(row) -> str:
+        if row["family"] != "tlstm":
+            return row["impl"]
+        switches = f"K={row['kernel_size']}{'' if row['mem_conv'] else ' -M'}{' +CN' if row['norm'] == 'cn' else ''}"
+        return f"{row['impl']} {switches}"
+
+    def cell(row) -> str:
+        if row["status"] != "ok":
+            return row["status"]
+        if row["solved"]:
+            return f"{row['samples_to_solve'] / 1000:.0f}k"
+        best = row["best_symbol_acc"]
+        return f"({100 * best:.0f}%)" if best is not None and best == best else "-"
+
+    df = df.assign(model=df.apply(model, axis=1), cell=df.apply(cell, axis=1))
+    depths = sorted(df["depth"].unique())
+    lines = ["samples to solve per seed, or (best held-out symbol accuracy) when not solved",
+             f"{'model':<34}" + "".join(f"L={int(d):<14}" for d in depths)]
+    for name, rows in df.groupby("model", sort=False):
+        cells = [" ".join(rows[rows["depth"] == d].sort_values("seed")["cell"]) for d in depths]
+        lines.append(f"{name:<34}" + "".join(f"{c:<16}" for c in cells))
     return "\n".join(lines)
 
 
@@ -165,6 +195,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     args.cluster = options
     try:
         sweep = load_sweep(args.sweep, args.set)
+        if args.profile and sweep.train is not None:
+            raise UsageError(f"{sweep.source}: a training sweep ([train]) trains models; profile takes a timing sweep "
+                             "(its points are calls to profile)")
         points = sweep.points()
         out = _out_dir(args, sweep.name + ("-profile" if args.profile else ""))
     except (SweepError, UsageError) as exc:

@@ -34,11 +34,12 @@ if TYPE_CHECKING:
 
     from implementations import ModelConfig
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-# What became of a point. ok: passed the correctness gate and was timed; incorrect: failed the gate
-# (not timed); oom / crashed / timeout / unavailable / error: see bench.runner and bench.worker.
-STATUSES = ("ok", "incorrect", "oom", "crashed", "timeout", "unavailable", "error")
+# What became of a point. ok: passed the correctness gate and was timed (or trained to the end of its
+# budget); incorrect: failed the gate (not timed); diverged: a training run whose loss became NaN or
+# infinite; oom / crashed / timeout / unavailable / error: see bench.runner and bench.worker.
+STATUSES = ("ok", "incorrect", "diverged", "oom", "crashed", "timeout", "unavailable", "error")
 FAMILIES = ("tlstm", "lstm")
 MODES = ("inference", "training")
 DEVICES = ("cpu", "cuda")
@@ -56,6 +57,48 @@ def recurrent_steps(family: str, seq_len: int, depth: int) -> int:
     """Dependent steps one sequence takes: T + L - 1 for a tLSTM (the output lags the input by L - 1
     steps), T for a stacked LSTM (whose L layer updates per step are counted inside the step)."""
     return seq_len + depth - 1 if family == "tlstm" else seq_len
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How a training point trains (``bench.train``): the task and its sizes, the optimizer and the budget.
+
+    ``task`` is "addition" (``digits`` D) or "memorization" (``length`` S, ``alphabet`` V); the sizes a
+    task does not use are None. Samples are counted in training sequences. ``eval_every``: samples
+    between evaluations on the ``eval_samples`` held-out sequences. The run stops when the held-out
+    symbol accuracy reaches ``solve_at`` (solved; when ``stop_when_solved``), after ``max_samples`` or
+    after ``max_time_s`` of training. ``params_budget``: the total parameter count the width was chosen
+    for (None when the sweep gave the width).
+    """
+
+    task: str
+    digits: int | None
+    length: int | None
+    alphabet: int | None
+    optimizer: str
+    lr: float
+    clip: float
+    eval_every: int
+    eval_samples: int
+    max_samples: int
+    max_time_s: float
+    solve_at: float
+    stop_when_solved: bool
+    params_budget: int | None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TrainSpec:
+        names = [f.name for f in fields(cls)]
+        if not isinstance(data, dict) or set(data) != set(names):
+            raise ContractError(f"a point's train settings need exactly the fields {', '.join(names)}; got "
+                                f"{sorted(data) if isinstance(data, dict) else type(data).__name__}")
+        return cls(**data)
+
+    def task_label(self) -> str:
+        """'addition D=3' or 'memorization S=8 V=4'."""
+        if self.task == "addition":
+            return f"addition D={self.digits}"
+        return f"{self.task} S={self.length} V={self.alphabet}"
 
 
 @dataclass(frozen=True)
@@ -83,13 +126,15 @@ class Point:
     repeats: int
     warmup: int
     seed: int
+    dims: int = 2  # 3: the 3D tLSTM (P x P locations); a stacked LSTM's is 2
+    train: TrainSpec | None = None  # a training run (bench.train) rather than a timed call
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> Point:
         """A point from a results record's ``config`` (or a request to the worker)."""
         if not isinstance(config, dict):
             raise ContractError(f"a point's config must be a JSON object, got {type(config).__name__}")
-        missing = [name for name in CONFIG_FIELDS if name not in config]
+        missing = [name for name in CONFIG_FIELDS if name not in config and name not in OPTIONAL_CONFIG_FIELDS]
         unknown = sorted(set(config) - set(CONFIG_FIELDS))
         if missing or unknown:
             raise ContractError(
@@ -97,7 +142,9 @@ class Point:
                 + (f"; missing {', '.join(missing)}" if missing else "")
                 + (f"; unknown {', '.join(unknown)}" if unknown else "")
             )
-        return cls(**config)
+        train = config.get("train")
+        return cls(**{**OPTIONAL_CONFIG_FIELDS, **config,
+                      "train": TrainSpec.from_dict(train) if train is not None else None})
 
     def as_dict(self) -> dict[str, Any]:
         """The point as a results record's ``config``."""
@@ -105,8 +152,13 @@ class Point:
 
     @cached_property
     def key(self) -> str:
-        """A stable hash of the whole configuration (field order does not matter)."""
-        canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
+        """A stable hash of the whole configuration (field order does not matter; a 2D timing point's
+        key is the one it had before ``dims`` and ``train`` existed)."""
+        config = self.as_dict()
+        for name, default in OPTIONAL_CONFIG_FIELDS.items():  # absent at their defaults: keys as before they existed
+            if config[name] == default:
+                del config[name]
+        canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def model_config(self) -> ModelConfig:
@@ -115,7 +167,7 @@ class Point:
 
         if self.family == "tlstm":
             return ModelConfig(self.input_size, self.channels, self.tensor_size, self.kernel_size, self.mem_conv,
-                               self.norm)
+                               self.norm, dims=self.dims)
         return ModelConfig(self.input_size, self.channels, None, self.kernel_size, self.mem_conv, self.norm,
                            depth=self.depth)
 
@@ -125,20 +177,36 @@ class Point:
 
     @property
     def hidden_units(self) -> int:
-        """Units of hidden state: P*M for a tLSTM, L*M (all layers) for a stacked LSTM."""
-        return (self.tensor_size if self.family == "tlstm" else self.depth) * self.channels
+        """Units of hidden state: P*M for a tLSTM (P*P*M for the 3D tLSTM), L*M (all layers) for a stacked LSTM."""
+        if self.family == "tlstm":
+            return self.locations * self.channels
+        return self.depth * self.channels
+
+    @property
+    def locations(self) -> int:
+        """A tLSTM's hidden locations: P, or P*P for the 3D tLSTM."""
+        return self.tensor_size ** (self.dims - 1)
+
+    @property
+    def gate_channels(self) -> int:
+        """A tLSTM's G: 4M plus one memory-kernel logit per tap (K, or K*K in 3D) with the memory-cell convolution."""
+        return 4 * self.channels + (self.kernel_size ** (self.dims - 1) if self.mem_conv else 0)
 
     def flops(self) -> int:
         """FLOPs of one call (the whole batch and sequence) from the cost formulas (matrix work only).
 
-        tLSTM forward per sample: 2*R*M per input step (T steps) + 2*P*K*M*G per step (T+L-1 steps).
-        Stacked LSTM forward per sample: 2*4M*(R+M) + (L-1)*2*4M*2M per step, T steps.
+        tLSTM forward per sample: 2*R*M per input step (T steps) + 2*P*K*M*G per step (T+L-1 steps);
+        the 3D tLSTM: 2*P*P*K*K*M*G per step.
+        Stacked LSTM forward per sample: 2*4M*(R+M) + (L-1)*2*4M*2M per step, T steps (lstm_shared:
+        2*R*M + L*2*4M*2M, its input projected to M first).
         Training adds a backward of about twice the forward's matrix work: 3x in all.
         """
         r, m, seq_len, depth = self.input_size, self.channels, self.seq_len, self.depth
         if self.family == "tlstm":
-            gates = 4 * m + (self.kernel_size if self.mem_conv else 0)  # G
-            forward = 2 * r * m * seq_len + 2 * self.tensor_size * self.kernel_size * m * gates * self.recurrent_steps
+            taps = self.kernel_size ** (self.dims - 1)
+            forward = 2 * r * m * seq_len + 2 * self.locations * taps * m * self.gate_channels * self.recurrent_steps
+        elif self.impl == "lstm_shared":  # the input projected to M, then L layers of [M] -> [4M] twice
+            forward = (2 * r * m + depth * 2 * 4 * m * 2 * m) * seq_len
         else:
             forward = (2 * 4 * m * (r + m) + (depth - 1) * 2 * 4 * m * 2 * m) * seq_len
         forward *= self.batch
@@ -151,22 +219,32 @@ class Point:
         size = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}[self.dtype]
         b, t, r, m = self.batch, self.seq_len, self.input_size, self.channels
         if self.family == "tlstm":
-            gates = 4 * m + (self.kernel_size if self.mem_conv else 0)
-            per_step = b * self.tensor_size * (gates + 2 * m)  # pre-activations, h and c of every location
+            per_step = b * self.locations * (self.gate_channels + 2 * m)  # pre-activations, h and c of every location
             kept = per_step * self.recurrent_steps if self.mode == "training" else per_step
         else:
             per_step = b * self.depth * 6 * m  # four gates, h and c of every layer
             kept = per_step * t if self.mode == "training" else per_step
-        return (kept + b * t * (r + m)) * size  # plus the input and the output sequence
+        weights = 4 * self.train.params_budget if self.train is not None and self.train.params_budget else 0
+        # plus the input and the output sequence; a training run also holds its weights, their gradients
+        # and Adam's two moments
+        return (kept + b * t * (r + m) + weights) * size
 
     def describe(self) -> str:
         """One short line for progress output."""
         size = f"P={self.tensor_size} " if self.tensor_size is not None else ""
+        if self.dims == 3:
+            size = f"3D P={self.tensor_size}x{self.tensor_size} "
+        if self.train is not None:
+            return (f"{self.impl} {size}L={self.depth} M={self.channels} {self.train.task_label()} seed {self.seed} "
+                    f"{self.dtype} {self.device}")
         return (f"{self.impl} {size}L={self.depth} T={self.seq_len} B={self.batch} M={self.channels} "
                 f"{self.dtype} {self.mode} {self.device}")
 
 
 CONFIG_FIELDS = tuple(f.name for f in fields(Point))
+# Fields absent from records written before they existed, with the value such a record means.
+OPTIONAL_CONFIG_FIELDS: dict[str, Any] = {"dims": 2, "train": None}
+TRAIN_FIELDS = tuple(f.name for f in fields(TrainSpec))
 
 # Timing metrics: computed by timing_metrics() from the raw samples, nowhere else.
 TIMING_FIELDS = (
@@ -174,9 +252,16 @@ TIMING_FIELDS = (
     "time_per_step_s", "time_per_step_q1_s", "time_per_step_q3_s", "time_per_recurrent_step_s",
     "throughput_tokens_s", "gflops", "processes", "process_spread", "processes_disagree",
 )  # fmt: skip
+# A training point's results (bench.train). ``curve``: one entry per evaluation, {"samples", "loss",
+# "symbol_acc", "sequence_acc", "wall_s"}; wall_s counts training time only, not the evaluations.
+TRAIN_METRIC_FIELDS = (
+    "core_params", "head_params", "solved", "samples_to_solve", "time_to_solve_s", "samples_seen", "train_time_s",
+    "step_time_s", "final_loss", "final_symbol_acc", "final_sequence_acc", "best_symbol_acc", "stop_reason",
+    "resumed", "curve",
+)  # fmt: skip
 METRIC_FIELDS = (
     "params", "hidden_units", "backend", *TIMING_FIELDS, "flops", "peak_mem_bytes", "saved_bytes",
-    "rss_peak_bytes", "rss_delta_bytes", "energy_j", "energy_note", "max_abs_err", "profile",
+    "rss_peak_bytes", "rss_delta_bytes", "energy_j", "energy_note", "max_abs_err", "profile", *TRAIN_METRIC_FIELDS,
 )  # fmt: skip
 # The environment of a run (bench.measure.environment), recorded with every point.
 ENV_FIELDS = (
@@ -190,9 +275,12 @@ RECORD_FIELDS = ("schema", "key", "sweep", "index", "process", "config", "status
 COLUMNS = (*CONFIG_FIELDS, "status", "message", *METRIC_FIELDS, "samples_s", "sample_processes", "key", "sweep",
            "index", "started_at", "schema", "machine")
 NUMERIC_COLUMNS = (
-    "tensor_size", "depth", "seq_len", "batch", "channels", "input_size", "kernel_size", "params", "hidden_units",
+    "tensor_size", "depth", "seq_len", "batch", "channels", "input_size", "kernel_size", "dims", "params",
+    "hidden_units",
     *(name for name in TIMING_FIELDS if name != "noisy"), "flops", "peak_mem_bytes", "saved_bytes",
-    "rss_peak_bytes", "rss_delta_bytes", "energy_j", "max_abs_err",
+    "rss_peak_bytes", "rss_delta_bytes", "energy_j", "max_abs_err", "core_params", "head_params",
+    "samples_to_solve", "time_to_solve_s", "samples_seen", "train_time_s", "step_time_s", "final_loss",
+    "final_symbol_acc", "final_sequence_acc", "best_symbol_acc", "resumed",
 )  # fmt: skip
 
 
@@ -315,16 +403,22 @@ def record_problem(record: Any) -> str | None:
 def upgrade(record: dict[str, Any]) -> dict[str, Any]:
     """A record of any earlier schema in the current one (a copy; the current schema is returned as is).
 
-    Schema 1 (no "schema" field): the metric "hidden_size" is now "hidden_units"; the per-step
-    quartiles and the time per recurrent step did not exist and are computed (from the kept samples,
-    by the same function as today's records); the metrics it did record are kept as written.
+    Schema 2 had no training points and no 3D tLSTM: its config has no "train" (None) and no "dims"
+    (2), and its metrics none of the training fields. Schema 1 (no "schema" field), besides: the metric
+    "hidden_size" is now "hidden_units"; the per-step quartiles and the time per recurrent step did not exist and are
+    computed (from the kept samples, by the same function as today's records); the metrics it did
+    record are kept as written.
     """
     version = record.get("schema", 1)
     if version == SCHEMA_VERSION:
         return record
-    if version != 1:
+    if isinstance(version, bool) or version not in range(1, SCHEMA_VERSION):
         raise ContractError(f"results schema {version!r} is unknown; this version reads schemas 1 to {SCHEMA_VERSION}")
     record = {**record, "schema": SCHEMA_VERSION}
+    if isinstance(record.get("config"), dict):
+        record["config"] = {**OPTIONAL_CONFIG_FIELDS, **record["config"]}
+    if version == 2:
+        return record
     metrics = dict(record.get("metrics") or {})
     if "hidden_size" in metrics:
         metrics["hidden_units"] = metrics.pop("hidden_size")
@@ -347,7 +441,7 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
     """A results record (any schema) flattened into one row with the ``COLUMNS``."""
     record = upgrade(record)
     config, metrics = record.get("config") or {}, record.get("metrics") or {}
-    row = {name: config.get(name) for name in CONFIG_FIELDS}
+    row = {name: config.get(name, OPTIONAL_CONFIG_FIELDS.get(name)) for name in CONFIG_FIELDS}
     row["status"] = record.get("status")
     row["message"] = record.get("message", "")
     row.update({name: metrics.get(name) for name in METRIC_FIELDS})

@@ -102,7 +102,11 @@ def load(path: str | Path) -> pd.DataFrame:
         raise PytestBenchmarkFileError(
             f"{source} is not a pytest-benchmark file: expected a JSON object with a 'benchmarks' list"
         )
-    rows = [_row(entry, i, source, data.get("datetime")) for i, entry in enumerate(data["benchmarks"])]
+    # The training-step benchmarks (test_training_step) time one step of a training run: not a sweep point.
+    def timing(entry: Any) -> bool:
+        return not isinstance(entry, dict) or ((entry.get("extra_info") or {}).get("config") or {}).get("train") is None
+
+    rows = [_row(entry, i, source, data.get("datetime")) for i, entry in enumerate(data["benchmarks"]) if timing(entry)]
     section = data.get(SECTION) or {}
     env = _env_from_machine_info(data.get("machine_info") or {}, data.get("commit_info") or {})
     env.update({k: v for k, v in (section.get("env") or {}).items() if v is not None or k not in env})

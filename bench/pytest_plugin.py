@@ -32,6 +32,9 @@ from bench.sweep import Sweep, SweepError, load_sweep, shipped_sweeps
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_SWEEP = "quick"
+# The training-step benchmarks: the capacity sweep's task and budget, one point per implementation.
+TRAINING_STEP_SWEEP = "capacity"
+TRAINING_STEP_OVERRIDES = ("depth=4", "variant=tLSTM", "train.seeds=0")
 DEVICES = ("auto", "cpu", "cuda")
 # Environment fields that change from run to run; kept out of machine_info, which pytest-benchmark
 # compares between runs and warns about on any difference.
@@ -122,7 +125,24 @@ def selected_sweep(config: pytest.Config) -> Sweep:
 
 def selected_points(config: pytest.Config) -> list[Point]:
     """The benchmarks' points: the selected sweep's, expanded as ``tlstm-bench run`` expands them."""
-    return selected_sweep(config).points()
+    sweep = selected_sweep(config)
+    if sweep.train is not None:
+        raise pytest.UsageError(f"--tlstm-sweep {config.getoption('tlstm_sweep')}: a training sweep (it trains models "
+                                "to measure what they buy, with `tlstm-bench run`); the benchmarks time calls, so "
+                                f"they take a timing sweep ({', '.join(n for n in shipped_sweeps() if n != 'capacity')}"
+                                f"...); the training step is benchmarked by test_training_step on the "
+                                f"{TRAINING_STEP_SWEEP} sweep's task")
+    return sweep.points()
+
+
+def training_step_sweep(config: pytest.Config) -> Sweep:
+    """The training-step benchmarks' sweep: the shipped capacity sweep's task and budget at L = 4, the
+    tLSTM variant, seed 0, every implementation (``--tlstm-impl`` selects; ``--tlstm-device``,
+    ``--tlstm-dtype`` and ``--tlstm-threads`` apply). One point per implementation."""
+    applied = ("implementations", "device", "dtype", "threads")
+    overrides = ["implementations=*", *TRAINING_STEP_OVERRIDES,
+                 *(o for o in _overrides(config) if o.split("=")[0] in applied)]
+    return _sweep(TRAINING_STEP_SWEEP, tuple(overrides))
 
 
 def benchmark_threads(config: pytest.Config) -> int:

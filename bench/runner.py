@@ -50,6 +50,7 @@ WORKER_BOOT = (
 )
 ENV_TIMEOUT_S = 300.0
 TRACES_DIR = "traces"  # <out>/traces/<point key>.json.gz, written by `tlstm-bench profile`
+CHECKPOINTS_DIR = "checkpoints"  # <out>/checkpoints/<point key>.pt: a training run's state until its line is written
 LOG_TAIL_LINES = 4
 
 
@@ -239,8 +240,12 @@ class Runner:
         worker = self._worker(process)
         try:
             trace = self.out_dir / TRACES_DIR / f"{point.key}.json.gz" if self.profile and process == 0 else None
+            checkpoint = self.checkpoint_path(point)
+            if checkpoint is not None:
+                checkpoint.parent.mkdir(exist_ok=True)
             request = {"op": "point", "config": point.as_dict(), "energy": self.sweep.budget["energy"],
-                       "min_time_s": self.sweep.budget["min_time_s"], "trace": str(trace) if trace else None}
+                       "min_time_s": self.sweep.budget["min_time_s"], "trace": str(trace) if trace else None,
+                       "checkpoint": str(checkpoint) if checkpoint else None}
             return worker.request(request, timeout_s)
         except WorkerTimeout:
             self._drop_worker(process)
@@ -254,6 +259,10 @@ class Runner:
                 message += " (SIGKILL from outside: often the kernel's out-of-memory killer)"
             return {"status": "crashed", "message": message + (f"; its last output: {tail}" if tail else ""),
                     "samples_s": [], "metrics": {}}
+
+    def checkpoint_path(self, point: Point) -> Path | None:
+        """Where a training point keeps its state between evaluations (None for a timing point)."""
+        return self.out_dir / CHECKPOINTS_DIR / f"{point.key}.pt" if point.train is not None else None
 
     def schedule(self, points: list[Point], indices: list[int] | None = None) -> Iterator[tuple[int, Point, int]]:
         """(index, point, process) in measuring order: per comparison group, one round per process."""
@@ -292,6 +301,9 @@ class Runner:
                                      samples_s=reply.get("samples_s", []), metrics=reply.get("metrics", {}), env=env,
                                      sweep=self.sweep.name, index=index, started_at=started_at, process=process)
                 results.append(path, record)
+                checkpoint = self.checkpoint_path(point)
+                if checkpoint is not None:  # the run is recorded: its state is no longer needed
+                    checkpoint.unlink(missing_ok=True)
                 summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
                 if progress:
                     progress(n + 1, len(todo), point, record["status"], time.monotonic() - started)

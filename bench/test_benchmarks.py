@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import measure
+from bench import measure, train
 from bench import pytest_plugin as plugin
 from bench.contract import SCHEMA_VERSION, Point
 from bench.profile import profile_call
@@ -49,10 +49,13 @@ def point_group(point: Point) -> str:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "point" not in metafunc.fixturenames:
-        return
-    points = plugin.selected_points(metafunc.config)
-    metafunc.parametrize("point", points, ids=[point_id(p) for p in points])
+    if "point" in metafunc.fixturenames:
+        points = plugin.selected_points(metafunc.config)
+        metafunc.parametrize("point", points, ids=[point_id(p) for p in points])
+    if "train_point" in metafunc.fixturenames:
+        points = plugin.training_step_sweep(metafunc.config).points()
+        metafunc.parametrize("train_point", points,
+                             ids=[f"{p.impl}-L{p.depth}-M{p.channels}-{p.dtype}-{p.device}" for p in points])
 
 
 def with_slowdown(call: Callable[[], None], seconds: float) -> Callable[[], None]:
@@ -117,3 +120,37 @@ def test_benchmark(benchmark, point: Point, slowdown_s: float, benchmark_threads
     if profile_dir:  # one more call, profiled, never one of the timed rounds
         trace = Path(profile_dir) / TRACES_DIR / f"{point.key}.json.gz"
         benchmark.extra_info["profile"] = profile_call(call, point, trace)
+
+
+TRAINING_STEP_BATCHES = 8  # drawn before timing and cycled through, so data generation is not timed
+
+
+def test_training_step(benchmark, train_point: Point, request: pytest.FixtureRequest) -> None:
+    """One training step of the task head + core (``bench.train.training_step``: forward, loss on the
+    scored steps, backward, clipping, Adam) on the capacity sweep's task, per implementation."""
+    point = train_point
+    reason = measure.unavailable_reason(point)
+    if reason is not None:
+        pytest.skip(f"{point.impl} on {point.device}: {reason}")
+    ok, max_abs_err, message = train.gate(point)
+    if not ok:
+        pytest.fail(f"correctness gate failed, so {point.impl}'s training step is not timed: {message}", pytrace=False)
+    with measure.torch_threads(plugin.training_step_sweep(request.config).budget["threads"]):
+        model, task = train.build_task_model(point)
+        optimizer = torch.optim.Adam(model.parameters(), lr=point.train.lr)
+        generator = torch.Generator().manual_seed(point.seed)
+        batches = [tuple(t.to(point.device) for t in task.batch(point.batch, generator=generator))
+                   for _ in range(TRAINING_STEP_BATCHES)]
+        turn = iter(range(1 << 62))
+
+        def step() -> None:
+            if train.training_step(model, optimizer, batches[next(turn) % len(batches)], point.train.clip) is None:
+                raise RuntimeError("the training loss became NaN or infinite")
+
+        core_params, head_params = model.param_counts()
+        benchmark.group = f"training step: {task.label()}, L={point.depth}, budget {point.train.params_budget:,}"
+        benchmark.extra_info.update(schema=SCHEMA_VERSION, config=point.as_dict(), key=point.key, gate=message,
+                                    max_abs_err=max_abs_err, params=core_params + head_params,
+                                    core_params=core_params, head_params=head_params,
+                                    threads=torch.get_num_threads())
+        benchmark.pedantic(step, rounds=20, warmup_rounds=3)

@@ -7,7 +7,8 @@ stderr (the runner's ``worker.log``), so nothing can corrupt the protocol.
 
 Requests and replies:
     {"op": "env", "devices": [...], "dtypes": [...]}   -> {"op": "env", "env": {...}}
-    {"op": "point", "config": {...}, "energy": bool, "min_time_s": float, "trace": path or null}
+    {"op": "point", "config": {...}, "energy": bool, "min_time_s": float, "trace": path or null,
+     "checkpoint": path or null (a training point saves and resumes its state there)}
         -> {"op": "result", "status", "message", "samples_s", "metrics"}
 At start, once torch and the plugins are imported: {"op": "ready", "pid": ...}.
 
@@ -66,8 +67,9 @@ def _short_error(exc: BaseException) -> str:
 
 
 def measure_and_classify(point: Point, energy: bool, min_time_s: float = 0.0,
-                         trace_path: str | None = None) -> dict[str, Any]:
-    """Measure one point and classify the outcome (ok / incorrect / oom / unavailable / error)."""
+                         trace_path: str | None = None, checkpoint: str | None = None) -> dict[str, Any]:
+    """Measure (time, or for a training point train) one point and classify the outcome (ok / incorrect /
+    diverged / oom / unavailable / error)."""
     import torch
 
     import implementations
@@ -78,6 +80,10 @@ def measure_and_classify(point: Point, energy: bool, min_time_s: float = 0.0,
         reason = measure.unavailable_reason(point)
         if reason is not None:
             result.update(status="unavailable", message=reason)
+        elif point.train is not None:
+            from bench.train import train_point
+
+            result.update(train_point(point, Path(checkpoint) if checkpoint else None))
         else:
             energy_window_s = measure.ENERGY_WINDOW_S if energy else None
             result.update(measure.measure_point(point, energy_window_s=energy_window_s, min_time_s=min_time_s,
@@ -119,7 +125,8 @@ def serve(requests: TextIO, replies: TextIO) -> None:
             point = Point.from_dict(request["config"])
             print(f"--- point {point.describe()}", file=sys.stderr, flush=True)
             send({"op": "result", **measure_and_classify(point, request.get("energy", True),
-                                                         request.get("min_time_s", 0.0), request.get("trace"))})
+                                                         request.get("min_time_s", 0.0), request.get("trace"),
+                                                         request.get("checkpoint"))})
         elif request["op"] == "exit":
             return
         else:

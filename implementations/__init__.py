@@ -1,14 +1,21 @@
 """Implementations of the tLSTM and its stacked-LSTM baseline, behind one registry.
 
     import implementations
-    implementations.names()                       # ['lstm_cudnn', 'tlstm_naive', ...]
+    implementations.names()                       # ['lstm_cudnn', 'lstm_shared', 'tlstm_naive', ...]
     model = implementations.create("tlstm_naive", input_size=32, channels=64, tensor_size=4)
     y, (h, c) = model(x)                          # x: [B, T, 32] -> y: [B, T, 64]
 
 Nothing here knows about timing; that lives in ``bench``.
 """
 
-from .config import ConfigError, ModelConfig, lstm_param_count, tlstm_depth, tlstm_param_count
+from .config import (
+    ConfigError,
+    ModelConfig,
+    lstm_param_count,
+    lstm_shared_param_count,
+    tlstm_depth,
+    tlstm_param_count,
+)
 from .registry import (
     ENTRY_POINT_GROUP,
     Implementation,
@@ -19,12 +26,13 @@ from .registry import (
     get,
     list_implementations,
     names,
+    param_count,
     register,
     unregister,
 )
 
 # Importing a module registers what it defines. Add new built-in implementations here.
-from . import lstm_cudnn, tlstm_compiled, tlstm_fused, tlstm_naive  # noqa: E402,F401  isort: skip
+from . import lstm_cudnn, lstm_shared, tlstm_compiled, tlstm_fused, tlstm_naive  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -39,7 +47,9 @@ __all__ = [
     "get",
     "list_implementations",
     "lstm_param_count",
+    "lstm_shared_param_count",
     "names",
+    "param_count",
     "register",
     "tlstm_depth",
     "tlstm_param_count",

@@ -1,8 +1,9 @@
 """The model configuration every implementation is built from, validated where it enters.
 
 Shape letters used throughout the project: B batch, T sequence length, R input size, M channels per
-location, P tensor size (hidden locations), K kernel size, L depth, G channels out of the
-cross-layer convolution (4M + K with the memory-cell convolution, 4M without).
+location, P tensor size (hidden locations per dimension), K kernel size, L depth, G channels out of
+the cross-layer convolution (4M + K with the memory-cell convolution, 4M without; 4M + K*K and 4M for
+the 3D tLSTM, whose P x P locations take a K x K kernel).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 NORMS = (None, "cn")
 FAMILIES = ("tlstm", "lstm")
+DIMS = (2, 3)
 
 
 class ConfigError(ValueError):
@@ -37,6 +39,8 @@ class ModelConfig:
         mem_conv: whether the memory-cell convolution is on.
         norm: None or "cn" (channel normalization).
         depth: L. For a tLSTM it must equal ceil(P / (K // 2)) if given.
+        dims: 2 (the tLSTM: P locations) or 3 (the 3D tLSTM: P x P locations, a K x K kernel). A
+            stacked LSTM has no dims: only 2 (the default).
     """
 
     input_size: int
@@ -46,6 +50,7 @@ class ModelConfig:
     mem_conv: bool = True
     norm: str | None = None
     depth: int | None = None
+    dims: int = 2
 
     def __post_init__(self) -> None:
         _check_int("input_size", self.input_size, 1)
@@ -59,6 +64,11 @@ class ModelConfig:
             raise ConfigError(f"mem_conv must be True or False, got {self.mem_conv!r}")
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if isinstance(self.dims, bool) or self.dims not in DIMS:
+            raise ConfigError(f"dims must be one of {DIMS} (2: the tLSTM, 3: the 3D tLSTM), got {self.dims!r}")
+        if self.dims != 2 and self.tensor_size is None:
+            raise ConfigError(f"dims={self.dims} is the 3D tLSTM; a stacked LSTM (sized by depth, no tensor_size) has "
+                              "no dims: allowed dims: 2")
         if self.tensor_size is None and self.depth is None:
             raise ConfigError("give tensor_size (tLSTM) or depth (stacked LSTM); both are None")
         if self.tensor_size is not None and self.depth is not None:
@@ -88,9 +98,19 @@ class ModelConfig:
         return self.kernel_size - 1 - self.kernel_size // 2
 
     @property
+    def taps(self) -> int:
+        """Kernel taps per location: K, or K*K for the 3D tLSTM."""
+        return self.kernel_size ** (self.dims - 1)
+
+    @property
+    def locations(self) -> int:
+        """Hidden locations: P, or P*P for the 3D tLSTM."""
+        return self.tensor_size ** (self.dims - 1)  # type: ignore[operator]
+
+    @property
     def gate_channels(self) -> int:
-        """G: 4M gate pre-activations, plus K memory-kernel logits with the memory-cell convolution."""
-        return 4 * self.channels + (self.kernel_size if self.mem_conv else 0)
+        """G: 4M gate pre-activations, plus one memory-kernel logit per tap with the memory-cell convolution."""
+        return 4 * self.channels + (self.taps if self.mem_conv else 0)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,12 +122,19 @@ def tlstm_depth(tensor_size: int, kernel_size: int) -> int:
 
 
 def tlstm_param_count(config: ModelConfig) -> int:
-    """R*M + M + K*M*G + G (+ 10M with channel normalization). Independent of P."""
-    r, m, k, g = config.input_size, config.channels, config.kernel_size, config.gate_channels
-    return r * m + m + k * m * g + g + (10 * m if config.norm == "cn" else 0)
+    """R*M + M + K*M*G + G (3D: K*K*M*G) (+ 10M with channel normalization). Independent of P."""
+    r, m, taps, g = config.input_size, config.channels, config.taps, config.gate_channels
+    return r * m + m + taps * m * g + g + (10 * m if config.norm == "cn" else 0)
 
 
 def lstm_param_count(config: ModelConfig) -> int:
     """torch.nn.LSTM(R, M, num_layers=L): 4M(R+M) + 8M + (L-1)(8M^2 + 8M)."""
     r, m, layers = config.input_size, config.channels, config.layers
     return 4 * m * (r + m) + 8 * m + (layers - 1) * (8 * m * m + 8 * m)
+
+
+def lstm_shared_param_count(config: ModelConfig) -> int:
+    """Stacked LSTM whose L layers share one layer's weights (lstm_shared): the input projection R*M + M,
+    then one M -> M layer 8M^2 + 8M. Independent of L."""
+    r, m = config.input_size, config.channels
+    return r * m + m + 8 * m * m + 8 * m

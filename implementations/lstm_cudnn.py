@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -46,24 +48,30 @@ class LSTMBaseline(nn.LSTM):
         return super().forward(x, state)
 
     def backend_name(self, x: Tensor) -> str:
-        """Which LSTM backend a forward pass on ``x`` actually runs: cudnn, mkldnn or native.
+        """Which LSTM backend a forward pass on ``x`` actually runs: cudnn, mkldnn or native (see
+        :func:`lstm_backend`)."""
+        return lstm_backend(lambda: self.forward(x[:, :1]))
 
-        Found by running one step under a dispatch mode that records the ATen operators called, so it
-        reports what ran, not what the flags suggest.
-        """
-        seen: set[str] = set()
 
-        class _Recorder(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                seen.add(f"aten::{func._schema.name.split('::')[-1]}")
-                return func(*args, **(kwargs or {}))
+def lstm_backend(run: Callable[[], object]) -> str:
+    """Which LSTM backend ``run()`` (one short forward pass) actually uses: cudnn, miopen, mkldnn or native.
 
-        with torch.no_grad(), _Recorder():
-            self.forward(x[:, :1])
-        for op, name in _BACKEND_OPS.items():
-            if op in seen:
-                return name
-        return "native"
+    Found by running it under no_grad and a dispatch mode that records the ATen operators called, so it
+    reports what ran, not what the flags suggest.
+    """
+    seen: set[str] = set()
+
+    class _Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.add(f"aten::{func._schema.name.split('::')[-1]}")
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), _Recorder():
+        run()
+    for op, name in _BACKEND_OPS.items():
+        if op in seen:
+            return name
+    return "native"
 
 
 @register(

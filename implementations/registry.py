@@ -17,12 +17,17 @@ from importlib import metadata
 import torch
 from torch import nn
 
-from .config import FAMILIES, ConfigError, ModelConfig
+from .config import FAMILIES, ConfigError, ModelConfig, lstm_param_count, tlstm_param_count
 
 ENTRY_POINT_GROUP = "tlstm_bench.implementations"
 
 Builder = Callable[..., nn.Module]
 Availability = Callable[[torch.device], "str | None"]
+ParamCount = Callable[[ModelConfig], int]
+ReferenceBuilder = Callable[[ModelConfig, torch.device], nn.Module]
+
+# The parameter count of a family's implementations when one does not give its own.
+FAMILY_PARAM_COUNT: dict[str, ParamCount] = {"tlstm": tlstm_param_count, "lstm": lstm_param_count}
 
 
 class UnknownImplementation(KeyError):
@@ -52,6 +57,12 @@ class Implementation:
         dtypes: dtypes it accepts.
         description: one line for listings.
         availability: ``availability(device) -> None`` if it can run on that device, else the reason.
+        param_count: ``param_count(config) -> int``, its parameter count without building it; None: the
+            family's formula (``tlstm_param_count`` or ``lstm_param_count``). See :func:`param_count`.
+        reference: ``reference(config, device) -> nn.Module``, the float64 module the correctness gate
+            compares it with, with the same parameter names (the implementation's ``state_dict`` loads
+            into it); None: the family's reference (tlstm_naive for tLSTMs, the native nn.LSTM for
+            stacked LSTMs).
     """
 
     name: str
@@ -61,6 +72,8 @@ class Implementation:
     dtypes: tuple[torch.dtype, ...]
     description: str = ""
     availability: Availability = field(default=_always_available)
+    param_count: ParamCount | None = None
+    reference: ReferenceBuilder | None = None
 
     def unavailable_reason(self, device: torch.device | str) -> str | None:
         """None if this implementation can run on ``device``, else a sentence saying why not."""
@@ -87,8 +100,13 @@ def register(
     dtypes: Iterable[torch.dtype] = (torch.float32, torch.float64),
     description: str = "",
     availability: Availability | None = None,
+    param_count: ParamCount | None = None,
+    reference: ReferenceBuilder | None = None,
 ) -> Callable[[Builder], Builder]:
-    """Decorator that registers ``builder`` under ``name``. A duplicate name is an error."""
+    """Decorator that registers ``builder`` under ``name``. A duplicate name is an error.
+
+    ``param_count`` and ``reference`` are needed only where the family's defaults do not fit (see
+    :class:`Implementation`)."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
@@ -103,6 +121,8 @@ def register(
             dtypes=tuple(dtypes),
             description=description,
             availability=availability or _always_available,
+            param_count=param_count,
+            reference=reference,
         )
         return builder
 
@@ -138,6 +158,14 @@ def get(name: str) -> Implementation:
         raise UnknownImplementation(f"unknown implementation {name!r}; registered: {known}") from None
 
 
+def param_count(name: str, config: ModelConfig) -> int:
+    """The parameter count of implementation ``name`` built from ``config``, without building it: its own
+    ``param_count`` if registered with one, else its family's formula."""
+    impl = get(name)
+    count = impl.param_count or FAMILY_PARAM_COUNT[impl.family]
+    return count(config)
+
+
 def list_implementations(pattern: str | Iterable[str] = "*", family: str | None = None) -> list[Implementation]:
     """Registered implementations whose name matches a glob (or any of several), sorted by name."""
     _load_plugins()
@@ -164,15 +192,16 @@ def create(
     mem_conv: bool = True,
     norm: str | None = None,
     depth: int | None = None,
+    dims: int = 2,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     **options,
 ) -> nn.Module:
     """Build the implementation ``name`` for these sizes, on ``device`` in ``dtype``.
 
-    tLSTMs need ``tensor_size`` and derive their depth; stacked LSTMs take ``depth`` (or the depth a
-    tLSTM of ``tensor_size`` would have). Extra keyword ``options`` go to the builder (for example
-    ``backend="triton"`` for ``tlstm_fused``).
+    tLSTMs need ``tensor_size`` and derive their depth (``dims=3``: the 3D tLSTM); stacked LSTMs take
+    ``depth`` (or the depth a tLSTM of ``tensor_size`` would have). Extra keyword ``options`` go to the
+    builder (for example ``backend="triton"`` for ``tlstm_fused``).
     """
     config = ModelConfig(
         input_size=input_size,
@@ -182,6 +211,7 @@ def create(
         mem_conv=mem_conv,
         norm=norm,
         depth=depth,
+        dims=dims,
     )
     return build(name, config, device=device, dtype=dtype, **options)
 
@@ -198,6 +228,9 @@ def build(
     impl = get(name)
     device = torch.device(device) if device is not None else torch.device("cpu")
     dtype = dtype if dtype is not None else torch.get_default_dtype()
+    if impl.family == "lstm" and config.dims != 2:
+        raise ConfigError(f"dims={config.dims}: {name} is a stacked LSTM, which has no dims; allowed dims: 2 "
+                          "(3 is the 3D tLSTM)")
     if impl.family == "tlstm" and config.tensor_size is None:
         raise ConfigError(f"{name} is a tLSTM: tensor_size must be an integer >= 1, got None")
     if not impl.supports_dtype(dtype):

@@ -23,6 +23,18 @@ s < T and a zero input for s >= T:
 
 CN(Z; w, b) = (Z - mean(Z)) / sqrt(var(Z) + 1e-5) * w + b over the channel dimension of each
 (sample, location), biased variance, w and b shared by all locations.
+
+The 3D tLSTM (dims=3) has a P x P grid of locations: H, C are [B, P, P, M], weight_h is [K, K, M, G]
+with G = 4M + K*K (the memory-kernel logits in row-major tap order k1*K + k2), and every step above
+runs over both location indices:
+
+    (2) Hcat [B, P+1, P+1, M]: Hcat[:, 0, 0] = z, Hcat[:, i, j] = H[:, i-1, j-1] for i, j >= 1, the rest
+        of row 0 and column 0 zero
+    (3) A[:, p1, p2] = bias_h + sum_{k1,k2} Hcat[:, p1+1-d_up+k1, p2+1-d_up+k2] @ weight_h[k1, k2]
+    (6) Cconv[:, p1, p2] = sum_{k1,k2} Q[:, p1, p2, k1*K+k2] * C[:, clamp(p1-d_up+k1), clamp(p2-d_up+k2)]
+    (9) y[:, s-(L-1)] = H_new[:, P-1, P-1]   (the output at the corner opposite the input)
+
+with L = ceil(P / d_up) unchanged.
 """
 
 from __future__ import annotations
@@ -55,10 +67,11 @@ class TLSTMNaive(nn.Module):
         kernel_size: K (>= 2).
         mem_conv: memory-cell convolution on or off.
         norm: None or "cn".
+        dims: 2, or 3 for the 3D tLSTM (P x P locations).
 
-    Inputs: x of shape [B, T, R]; optional state (h, c), each [B, P, M].
+    Inputs: x of shape [B, T, R]; optional state (h, c), each [B, P, M] ([B, P, P, M] with dims=3).
     Outputs: y of shape [B, T, M] (y[:, t] is the output for input x[:, t], read L-1 steps later),
-    and the final (h, c), each [B, P, M], after all T+L-1 steps.
+    and the final (h, c), each [B, P, M] ([B, P, P, M]), after all T+L-1 steps.
     """
 
     backend = "eager"
@@ -73,14 +86,15 @@ class TLSTMNaive(nn.Module):
         norm: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        dims: int = 2,
     ) -> None:
         super().__init__()
-        self.config = ModelConfig(input_size, channels, tensor_size, kernel_size, mem_conv, norm)
+        self.config = ModelConfig(input_size, channels, tensor_size, kernel_size, mem_conv, norm, dims=dims)
         r, m, k, g = input_size, channels, kernel_size, self.config.gate_channels
         factory = {"device": device, "dtype": dtype}
         self.weight_x = nn.Parameter(torch.empty(r, m, **factory))
         self.bias_x = nn.Parameter(torch.empty(m, **factory))
-        self.weight_h = nn.Parameter(torch.empty(k, m, g, **factory))
+        self.weight_h = nn.Parameter(torch.empty(*(k,) * (dims - 1), m, g, **factory))  # [K, M, G] or [K, K, M, G]
         self.bias_h = nn.Parameter(torch.empty(g, **factory))
         if norm == "cn":
             self.cn_a_weight = nn.Parameter(torch.empty(4 * m, **factory))
@@ -101,6 +115,7 @@ class TLSTMNaive(nn.Module):
             config.norm,
             device=device,
             dtype=dtype,
+            dims=config.dims,
             **kwargs,
         )
 
@@ -123,16 +138,23 @@ class TLSTMNaive(nn.Module):
         c = self.config
         return (
             f"input_size={c.input_size}, channels={c.channels}, tensor_size={c.tensor_size}, "
-            f"kernel_size={c.kernel_size}, mem_conv={c.mem_conv}, norm={c.norm}, depth={c.layers}"
+            f"kernel_size={c.kernel_size}, mem_conv={c.mem_conv}, norm={c.norm}, depth={c.layers}, dims={c.dims}"
         )
 
+    def state_shape(self, batch: int) -> tuple[int, ...]:
+        """[B, P, M], or [B, P, P, M] for the 3D tLSTM."""
+        return (batch, *(self.config.tensor_size,) * (self.config.dims - 1), self.config.channels)
+
     def initial_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        shape = (x.shape[0], self.config.tensor_size, self.config.channels)
+        shape = self.state_shape(x.shape[0])
         zeros = torch.zeros(shape, device=x.device, dtype=x.dtype)
         return zeros, zeros.clone()
 
     def step(self, z: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        """Steps (2)-(8) for one timestep: z [B, M] is the projected input; h, c are [B, P, M]."""
+        """Steps (2)-(8) for one timestep: z [B, M] is the projected input; h, c are [B, P, M]
+        ([B, P, P, M] for the 3D tLSTM)."""
+        if self.config.dims == 3:
+            return self.step_3d(z, h, c)
         cfg = self.config
         p_size, k_size, m, d_up, d_down = cfg.tensor_size, cfg.kernel_size, cfg.channels, cfg.d_up, cfg.d_down
 
@@ -145,14 +167,8 @@ class TLSTMNaive(nn.Module):
         for k in range(k_size):
             a = a + hpad[:, k : k + p_size] @ self.weight_h[k]  # [B, P, G]
 
-        # (4) split into gates (and memory-kernel logits), optional channel normalization.
-        gates = a[..., : 4 * m]  # [B, P, 4M]
-        if cfg.norm == "cn":
-            gates = channel_norm(gates, self.cn_a_weight, self.cn_a_bias)
-        ag, ai, af, ao = gates.split(m, dim=-1)  # each [B, P, M]
-
-        # (5) activations.
-        g_, i, f, o = torch.tanh(ag), torch.sigmoid(ai), torch.sigmoid(af), torch.sigmoid(ao)
+        # (4) split into gates (and memory-kernel logits), optional channel normalization; (5) activations.
+        g_, i, f, o = self.gates(a)  # each [B, P, M]
 
         # (6) memory-cell convolution: a per-sample, per-location kernel over neighbouring cells,
         # replicate padding at both ends.
@@ -165,11 +181,60 @@ class TLSTMNaive(nn.Module):
         else:
             c_conv = c
 
-        # (7), (8) cell and hidden updates.
-        c_new = g_ * i + c_conv * f  # [B, P, M]
-        c_out = channel_norm(c_new, self.cn_c_weight, self.cn_c_bias) if cfg.norm == "cn" else c_new
-        h_new = torch.tanh(c_out) * o  # [B, P, M]
+        return self.cell_update(g_, i, f, o, c_conv)
+
+    def gates(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Steps (4), (5): G_, I, F, O from the pre-activations a [..., G] (channel-normalized with CN)."""
+        m = self.config.channels
+        gates = a[..., : 4 * m]
+        if self.config.norm == "cn":
+            gates = channel_norm(gates, self.cn_a_weight, self.cn_a_bias)
+        ag, ai, af, ao = gates.split(m, dim=-1)
+        return torch.tanh(ag), torch.sigmoid(ai), torch.sigmoid(af), torch.sigmoid(ao)
+
+    def cell_update(self, g_: Tensor, i: Tensor, f: Tensor, o: Tensor, c_conv: Tensor) -> tuple[Tensor, Tensor]:
+        """Steps (7), (8): the new hidden state and cell."""
+        c_new = g_ * i + c_conv * f
+        c_out = channel_norm(c_new, self.cn_c_weight, self.cn_c_bias) if self.config.norm == "cn" else c_new
+        h_new = torch.tanh(c_out) * o
         return h_new, c_new
+
+    def step_3d(self, z: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """The 3D tLSTM's step: z [B, M]; h, c [B, P, P, M]."""
+        cfg = self.config
+        p_size, k_size, m, d_up, d_down = cfg.tensor_size, cfg.kernel_size, cfg.channels, cfg.d_up, cfg.d_down
+        batch = h.shape[0]
+
+        # (2) the input at corner (0, 0), the state below and right of it, zeros in the rest of row and
+        # column 0; zero padding around for the taps that fall outside.
+        hcat = h.new_zeros(batch, p_size + 1, p_size + 1, m)
+        hcat[:, 0, 0] = z
+        hcat[:, 1:, 1:] = h
+        hpad = nn.functional.pad(hcat, (0, 0, d_up - 1, d_down, d_up - 1, d_down))  # [B, P+K-1, P+K-1, M]
+
+        # (3) location (p1, p2), tap (k1, k2) reads Hcat[p1 + 1 - d_up + k1, p2 + 1 - d_up + k2]
+        # = hpad[p1 + k1, p2 + k2].
+        a = self.bias_h
+        for k1 in range(k_size):
+            for k2 in range(k_size):
+                a = a + hpad[:, k1 : k1 + p_size, k2 : k2 + p_size] @ self.weight_h[k1, k2]  # [B, P, P, G]
+
+        # (4), (5)
+        g_, i, f, o = self.gates(a)
+
+        # (6) a per-sample, per-location K x K kernel over neighbouring cells, replicate padding.
+        if cfg.mem_conv:
+            q = torch.softmax(a[..., 4 * m :], dim=-1)  # [B, P, P, K*K], tap k1*K + k2
+            offsets = torch.arange(k_size, device=h.device) - d_up
+            rows = (torch.arange(p_size, device=h.device)[:, None] + offsets).clamp(0, p_size - 1)  # [P, K]
+            neighbours = c[:, rows[:, None, :, None], rows[None, :, None, :]]  # [B, P, P, K, K, M]
+            neighbours = neighbours.reshape(batch, p_size, p_size, k_size * k_size, m)
+            c_conv = (q.unsqueeze(-1) * neighbours).sum(dim=3)  # [B, P, P, M]
+        else:
+            c_conv = c
+
+        # (7), (8)
+        return self.cell_update(g_, i, f, o, c_conv)
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         if x.dim() != 3 or x.shape[-1] != self.config.input_size:
@@ -189,7 +254,7 @@ class TLSTMNaive(nn.Module):
             z = z_all[:, s] if s < seq_len else z_pad
             h, c = self.step(z, h, c)
             if s >= depth - 1:  # (9) the output for input s - (L-1) is read at the last location
-                outputs.append(h[:, -1])  # [B, M]
+                outputs.append(h[:, -1] if self.config.dims == 2 else h[:, -1, -1])  # [B, M]
         y = torch.stack(outputs, dim=1)  # [B, T, M]
         return y, (h, c)
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from bench.contract import format_seconds
 
-from .data import fmt_int, ok_rows
+from .data import fmt_int, ok_rows, timing_rows
 from .stats import BOOTSTRAP_REPLICATES, CONFIDENCE, Interval, bootstrap_medians, interval, slopes
 
 HOLDS = "holds"
@@ -406,5 +406,7 @@ def judge_faster(df: pd.DataFrame, seed: int = 0) -> Claim:
 
 
 def judge_claims(df: pd.DataFrame) -> list[Claim]:
-    """All four claims, in the paper's order: Wider, Deeper, Cheaper, Faster."""
+    """All four claims, in the paper's order: Wider, Deeper, Cheaper, Faster, from the timing rows only (the
+    training runs are judged by ``reports.capacity``)."""
+    df = timing_rows(df)
     return [judge_wider(df), judge_deeper(df), judge_cheaper(df), judge_faster(df)]

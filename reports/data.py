@@ -4,6 +4,10 @@ A results frame (from ``bench.results.load`` or the pytest-benchmark converter) 
 the config fields, ``status``, ``message``, the metrics and ``samples_s``; ``attrs["env"]`` holds the
 environment and ``attrs["sweep"]`` the sweep definition. Frames from pytest-benchmark lack many metrics
 and the sweep; every missing column is added here as NaN so the rest of the report never has to ask.
+
+A frame holds timing rows (a timed call; ``train`` is None), training rows (a capacity run of
+``bench.train``; ``train`` is the TrainSpec as a dict), or both: ``timing_rows`` and ``training_rows``
+split them, and each half of the report reads only its own.
 """
 
 from __future__ import annotations
@@ -80,9 +84,52 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     out["noisy"] = [bool(n) if isinstance(n, (bool, np.bool_)) else bool(d) for n, d in zip(out["noisy"], derived)]
     out["message"] = out["message"].map(
         lambda m: "" if m is None or (isinstance(m, float) and math.isnan(m)) else str(m))
+    _check_training(out)
     out["variant"] = [variant_name(row) for row in out.itertuples(index=False)]
     out.attrs = dict(df.attrs)
     return out
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _check_training(out: pd.DataFrame) -> None:
+    """Training rows: ``train`` a dict (or missing on a timing row), ``curve`` a list of evaluation dicts
+    (an empty list where none was recorded), ``solved`` a bool (False on timing rows)."""
+    for i, train in zip(out.index, out["train"]):
+        if not _missing(train) and not isinstance(train, dict):
+            raise ReportInputError(f"results row {i} ({out.at[i, 'impl']}): 'train' must be the training settings as "
+                                   f"a dict (bench.contract.TrainSpec) or None on a timing row, got {train!r}")
+    curves = []
+    for i, curve in zip(out.index, out["curve"]):
+        if _missing(curve):
+            curve = []
+        if not isinstance(curve, list) or not all(isinstance(entry, dict) for entry in curve):
+            raise ReportInputError(f"results row {i} ({out.at[i, 'impl']}): 'curve' must be a list of evaluations "
+                                   f"{{samples, loss, symbol_acc, sequence_acc, wall_s}}, got {curve!r:.120}")
+        curves.append(curve)
+    out["curve"] = pd.Series(curves, index=out.index, dtype=object)
+    # a recorded flag is trusted; without one, a run solved when it recorded samples to solve
+    out["solved"] = [bool(flag) if isinstance(flag, (bool, np.bool_)) else bool(pd.notna(samples))
+                     for flag, samples in zip(out["solved"], out["samples_to_solve"])]
+
+
+def is_training(df: pd.DataFrame) -> pd.Series:
+    """True for a training row (``train`` holds the training settings as a dict), False for a timing row."""
+    if "train" not in df.columns:
+        return pd.Series(False, index=df.index, dtype=bool)
+    return df["train"].map(lambda train: isinstance(train, dict)).astype(bool)
+
+
+def training_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The capacity runs: rows whose ``train`` is a dict."""
+    return df[is_training(df)]
+
+
+def timing_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The timed points: every row that is not a training run."""
+    return df[~is_training(df)]
 
 
 def _check_times(out: pd.DataFrame) -> None:
@@ -120,22 +167,30 @@ def _fill_timing(out: pd.DataFrame) -> None:
                 out.at[i, name] = value
 
 
+# Stacked LSTMs whose layers share one set of weights (the paper's sLSTM with tied layers).
+SHARED_LSTM_IMPLS = ("lstm_shared",)
+
+
 def variant_name(row: Any) -> str:
-    """The paper's name for a row's model: tLSTM, tLSTM-M, tLSTM-F, tLSTM+CN, or sLSTM."""
+    """The paper's name for a row's model: tLSTM, tLSTM-M, tLSTM-F, tLSTM+CN, 3D tLSTM (and 3D tLSTM+CN,
+    ...), sLSTM, or "sLSTM (shared)"
+    for a stacked LSTM whose layers share their weights."""
     if getattr(row, "family", None) != "tlstm":
-        return "sLSTM"
+        return "sLSTM (shared)" if getattr(row, "impl", None) in SHARED_LSTM_IMPLS else "sLSTM"
     k = getattr(row, "kernel_size", float("nan"))
     name = "tLSTM-F" if k == 2 else "tLSTM"
     if getattr(row, "mem_conv", True) is False or getattr(row, "mem_conv", True) == 0:
         name += "-M"
     if getattr(row, "norm", None) == "cn":
         name += "+CN"
-    return name
+    dims = getattr(row, "dims", 2)
+    return f"3D {name}" if dims == 3 else name
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Only the points that passed the correctness gate and were timed: the only ones plotted."""
-    return df[df["status"] == "ok"]
+    """Only the points that passed the correctness gate and were timed: the only ones plotted (a training
+    run with status ok was not timed, and is left out)."""
+    return df[(df["status"] == "ok") & ~is_training(df)]
 
 
 def line_labels(ok: pd.DataFrame) -> pd.Series:

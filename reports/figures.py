@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .data import line_labels, ok_rows  # noqa: E402
+from .data import line_labels, ok_rows, timing_rows  # noqa: E402
 
 DPI = 110
 
@@ -66,8 +66,9 @@ _IMPL_STYLES = {
     "lstm_cudnn": ("#1f77b4", "s"),
     "tlstm_naive": ("#7f7f7f", "^"),
     "tlstm_compiled": ("#9467bd", "D"),
+    "lstm_shared": ("#2ca02c", "v"),
 }
-_VARIANT_DASHES = {"tLSTM": "-", "sLSTM": "-", "tLSTM-M": "--", "tLSTM-F": "-.", "tLSTM+CN": ":"}
+_VARIANT_DASHES = {"tLSTM": "-", "sLSTM": "-", "sLSTM (shared)": "-", "tLSTM-M": "--", "tLSTM-F": "-.", "tLSTM+CN": ":"}
 
 
 def style_for(label: str) -> dict[str, Any]:
@@ -618,7 +619,8 @@ def fig_headline(slices: list[dict[str, Any]]) -> Figure:
         lines = (entry["tlstm_line"], entry["lstm_line"])
         unit, scale = _time_unit([v for line in lines for v in line.medians])
         for line in lines:
-            label = line.impl if line.variant in ("tLSTM", "sLSTM") else f"{line.impl} [{line.variant}]"
+            plain = line.variant in ("tLSTM", "sLSTM", "sLSTM (shared)")
+            label = line.impl if plain else f"{line.impl} [{line.variant}]"
             lo, hi = np.nanpercentile(line.replicates, [2.5, 97.5], axis=0)
             style = style_for(label)
             ax.plot(line.depths, line.medians / scale, markersize=4, linewidth=1.8, label=label, **style)
@@ -640,7 +642,7 @@ def build_figures(df: pd.DataFrame, env: dict[str, Any] | None = None) -> list[F
     if env is None:
         env = df.attrs.get("env") or {}
     # pandas deep-copies attrs into every intermediate frame; the figures never read them
-    df = df.copy()
+    df = timing_rows(df).copy()  # the training runs have figures of their own (reports.capacity)
     df.attrs = {}
     ok = with_labels(df)
     return [

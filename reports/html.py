@@ -3,6 +3,10 @@
 The file needs no network and no JavaScript: figures are inline base64 PNGs, the style sheet is inline
 (with a print style), and nothing is linked. Every figure is also written as a PNG next to the HTML,
 in ``<stem>_figures/``, for slides and papers.
+
+A frame with timing rows gets the speed sections (``SECTIONS``); one with training rows gets the
+capacity sections (``CAPACITY_SECTIONS``, from ``reports.capacity``); a frame with both gets both, and
+the environment, sweep and command once.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import pandas as pd
 from bench.contract import format_seconds
 from bench.outdir import atomic_write
 
+from .capacity import SEED_RULE, Capacity, build_capacity, capacity_failures, fmt_samples, run_text
 from .claims import BY_CONSTRUCTION, FAILS, HOLDS, NOT_MEASURED, PARTLY, UNDECIDED, Claim, judge_claims
-from .data import ReportInputError, line_labels, normalize
+from .data import ReportInputError, line_labels, normalize, timing_rows, training_rows
 from .figures import (
     Figure,
     build_figures,
@@ -32,8 +37,13 @@ from .figures import (
     with_labels,
 )  # fmt: skip
 
-SECTIONS = ("headline", "claims", "figures", "where", "summary", "speedups", "failures", "environment", "sweep",
-            "reproduce")
+# The speed report's sections (a frame of timing rows, or an empty one), the capacity report's (a frame of
+# training rows), and the ones every report ends with.
+TIMING_SECTIONS = ("headline", "claims", "figures", "where", "summary", "speedups", "failures")
+CAPACITY_SECTIONS = ("capacity-headline", "capacity-claims", "capacity-figures", "capacity-solve", "capacity-curves",
+                     "capacity-failures")
+COMMON_SECTIONS = ("environment", "sweep", "reproduce")
+SECTIONS = TIMING_SECTIONS + COMMON_SECTIONS
 
 CSS = """
 :root { --fg: #1b1f24; --muted: #57606a; --line: #d0d7de; --bg-alt: #f6f8fa; }
@@ -68,6 +78,7 @@ figcaption { color: var(--muted); font-size: 0.92em; margin-top: 4px; max-width:
 p.missing { color: var(--muted); font-style: italic; }
 pre { background: var(--bg-alt); padding: 8px 10px; overflow-x: auto; font-size: 0.85em; }
 details summary { cursor: pointer; color: var(--muted); }
+table.solve td { white-space: nowrap; font-variant-numeric: tabular-nums; }
 .message { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 0.9em; word-break: break-word; }
 @media print {
   body { max-width: none; padding: 0; font-size: 10.5pt; }
@@ -136,9 +147,10 @@ def _figure_html(f: Figure, heading: str, paths: dict[str, pathlib.Path], out_di
     if f.png is None:
         return f'<div class="fig">{heading}<p class="missing">Not in these results: {_e(f.missing)}.</p></div>'
     data = base64.b64encode(f.png).decode("ascii")
-    rel = paths[f.slug].relative_to(out_dir)
+    written = paths.get(f.slug)
+    note = f' <span class="rule">(PNG: {_e(written.relative_to(out_dir))})</span>' if written is not None else ""
     return (f'<div class="fig">{heading}<figure><img alt="{_e(f.title)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{_e(f.caption)} <span class=\"rule\">(PNG: {_e(rel)})</span></figcaption></figure></div>")
+            f"<figcaption>{_e(f.caption)}{note}</figcaption></figure></div>")
 
 
 def _caveats_html(df: pd.DataFrame, env: dict[str, Any]) -> str:
@@ -235,9 +247,9 @@ def _where_html(df: pd.DataFrame, split: Figure, paths: dict[str, pathlib.Path],
             "chrome://tracing.</p>" + table)
 
 
-def _figures_html(figures: list[Figure], paths: dict[str, pathlib.Path], out_dir: pathlib.Path) -> str:
+def _figures_html(figures: list[Figure], paths: dict[str, pathlib.Path], out_dir: pathlib.Path, start: int = 1) -> str:
     parts = []
-    for i, f in enumerate(figures, start=1):
+    for i, f in enumerate(figures, start=start):
         heading = f'<h3 id="fig-{_e(f.slug)}">{i}. {_e(f.title)}</h3>'
         parts.append(_figure_html(f, heading, paths, out_dir))
     return "\n".join(parts)
@@ -372,48 +384,139 @@ def _sweep_html(df: pd.DataFrame, sweep: Any) -> tuple[str, str]:
     return config, repro
 
 
-def render_html(df: pd.DataFrame, claims: list[Claim], figures: list[Figure], paths: dict[str, pathlib.Path],
-                out_dir: pathlib.Path, headline: Figure | None = None, split: Figure | None = None) -> str:
-    """The whole report as one HTML string (figures inline)."""
-    env = df.attrs.get("env") if isinstance(df.attrs.get("env"), dict) else {}
-    sweep = df.attrs.get("sweep") if isinstance(df.attrs.get("sweep"), dict) else {}
-    envs = df.attrs.get("envs") if isinstance(df.attrs.get("envs"), list) else []
-    df = df.copy()
-    df.attrs = {}  # pandas would deep-copy them into every derived frame
-    n_ok = int((df["status"] == "ok").sum())
-    device = env.get("gpu_model") or env.get("cpu_model") or ", ".join(sorted({str(d) for d in df["device"].dropna()}))
-    name = sweep.get("name") or ", ".join(sorted({str(s) for s in df["sweep"].dropna()})) or "results"
-    impls = ", ".join(sorted({str(i) for i in df["impl"]}))
-    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    config, repro = _sweep_html(df, sweep)
-    nav = "".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>tlstm-bench report: {_e(name)}</title>
-<style>{CSS}</style>
-</head>
-<body>
-<header>
-<h1>tlstm-bench report: {_e(name)}</h1>
-<p class="lead">{len(df)} point(s), {n_ok} ok; implementations: {_e(impls)}; device: {_e(device or "not recorded")};
-commit {_e(env.get("git_commit") or "not recorded")}; built {_e(stamp)}.</p>
-<nav>{nav}</nav>
-</header>
-<section id="headline">
-<h2>In short</h2>
+# --------------------------------------------------------------------------------------------------
+# the capacity sections
+
+
+def _capacity_caveats_html(cap: Capacity) -> str:
+    """What a reader must know about the training runs: how many seeds, where they ran, what the times are."""
+    runs = cap.runs
+    per_group = runs[runs["usable"]].groupby(["setting", "label", "depth"]).size()
+    seeds = (f"{per_group.min()}" if per_group.min() == per_group.max() else f"{per_group.min()} to {per_group.max()}"
+             ) if len(per_group) else "no"
+    devices = ", ".join(sorted({str(d) for d in runs["device"].dropna()})) or "not recorded"
+    machines = sorted({str(m) for m in runs["machine"].dropna()})
+    resumed = int((runs["resumed"].fillna(0) > 0).sum())
+    stops = runs.loc[runs["status"] == "ok", "stop_reason"].dropna().value_counts()
+    items = [
+        f"{len(runs)} training run(s); {seeds} usable seed(s) per model and depth (the rule needs 2 or more to "
+        "decide anything)",
+        f"device: {devices}" + (f"; machine: {'; '.join(machines)}" if machines else "")
+        + "; time to solve is training wall time on that machine, evaluations excluded: compare times only "
+        "within one report",
+        "how the finished runs stopped: " + (", ".join(f"{n} {_e(s)}" for s, n in stops.items()) or "not recorded"),
+    ]
+    if resumed:
+        items.append(f"{resumed} run(s) were resumed from a checkpoint after an interruption")
+    return ('<div class="caveats"><b>Read these numbers with:</b><ul>'
+            + "".join(f"<li>{_e(item)}</li>" for item in items) + "</ul></div>")
+
+
+def _capacity_headline_html(cap: Capacity) -> str:
+    sentences = "".join(f"<li>{_e(sentence)}</li>" for sentence in cap.headline)
+    return f'<ul class="headline">{sentences}</ul>' + _capacity_caveats_html(cap)
+
+
+def _capacity_claims_html(cap: Capacity) -> str:
+    return ("<p>He et al. (NIPS 2017) claim that at the same number of parameters a tensorized LSTM gets more out of "
+            "depth than a stacked LSTM: it can be made deeper (and wider) for free, and learns the algorithmic tasks "
+            "better and sooner. Each verdict below is computed from the training runs in this report, seed by seed, "
+            "by the rule stated with it; whatever the runs say is the verdict.</p>"
+            f'<p><b>The seed rule.</b> {_e(SEED_RULE)}</p>' + _claims_html(cap.claims))
+
+
+def _solve_tables_html(cap: Capacity) -> str:
+    if not cap.tables:
+        return '<p class="missing">No training runs in these results.</p>'
+    parts = ["<p>One line per seed: samples to solve / time to solve (training wall time), or the best held-out "
+             "symbol accuracy of a run that did not solve, or how a run failed. Width M and parameters (total, core "
+             "+ head) at the budget per model, or per cell where they change with depth.</p>"]
+    for table in cap.tables:
+        header = ["model", "M, params (core + head)"] + [f"L={_cell(d)}" for d in table.depths]
+        rows = []
+        for row in table.rows:
+            cells = [f"<b>{_e(row['label'])}</b>", _e(row["sizes"])]
+            for depth in table.depths:
+                cell = row["cells"].get(depth)
+                if cell is None:
+                    cells.append("")
+                    continue
+                sizes = f'<div class="rule">{_e(cell["sizes"])}</div>' if cell["sizes"] else ""
+                cells.append(sizes + "<br>".join(_e(line) for line in cell["lines"]))
+            rows.append(cells)
+        parts.append(f"<h3>{_e(table.title)}</h3>" + _table(header, rows, cls="solve"))
+    return "".join(parts)
+
+
+def _capacity_failures_html(cap: Capacity) -> str:
+    runs = cap.runs
+    failed = capacity_failures(runs)
+    if failed.empty:
+        return f"<p>Every one of the {len(runs)} training run(s) has status ok.</p>"
+    counts = failed["status"].value_counts()
+    rows = []
+    for _, r in failed.iterrows():
+        rows.append([_e(r["status"]), _e(r["label"]), _e(_cell(r["depth"])), _e(_cell(r["seed"])),
+                     _e(r["setting_title"]), _e(fmt_samples(r["samples_seen"])), _e(run_text(r)),
+                     f'<span class="message">{_e(r["message"])}</span>'])
+    return (f"<p>{len(failed)} of {len(runs)} training run(s) did not train to the end of their budget: "
+            + ", ".join(f"{n} {_e(s)}" for s, n in counts.items()) + ". A diverged run counts in the claims as not "
+            "solved, with accuracy 0; the others are left out of them.</p>"
+            + _table(["status", "model", "L", "seed", "setting", "samples seen", "outcome", "message"], rows,
+                     numeric={2, 3, 5}))
+
+
+def _capacity_sections_html(cap: Capacity, paths: dict[str, pathlib.Path], out_dir: pathlib.Path) -> str:
+    accuracy, solve, curves = cap.figures
+    return f"""<section id="capacity-headline">
+<h2>Capacity: in short</h2>
+{_capacity_headline_html(cap)}
+</section>
+<section id="capacity-claims">
+<h2>Capacity claims, judged from these training runs</h2>
+{_capacity_claims_html(cap)}
+</section>
+<section id="capacity-figures">
+<h2>Capacity figures</h2>
+{_figures_html([accuracy, solve], paths, out_dir)}
+</section>
+<section id="capacity-solve">
+<h2>Samples and time to solve, per seed</h2>
+{_solve_tables_html(cap)}
+</section>
+<section id="capacity-curves">
+<h2>Learning curves</h2>
+{_figures_html([curves], paths, out_dir, start=3)}
+</section>
+<section id="capacity-failures">
+<h2>Training runs that failed or diverged</h2>
+{_capacity_failures_html(cap)}
+</section>
+"""
+
+
+def sections_for(df: pd.DataFrame) -> tuple[str, ...]:
+    """The section ids a report of normalized frame ``df`` has, in order."""
+    training = len(training_rows(df)) > 0
+    timing = len(timing_rows(df)) > 0 or not training
+    return (CAPACITY_SECTIONS if training else ()) + (TIMING_SECTIONS if timing else ()) + COMMON_SECTIONS
+
+
+def _timing_sections_html(df: pd.DataFrame, env: dict[str, Any], claims: list[Claim], figures: list[Figure],
+                          paths: dict[str, pathlib.Path], out_dir: pathlib.Path, headline: Figure | None,
+                          split: Figure | None, prefix: str) -> str:
+    return f"""<section id="headline">
+<h2>{prefix}In short</h2>
 {_headline_html(df, env, claims, headline or fig_headline([]), paths, out_dir)}
 </section>
 <section id="claims">
-<h2>The paper's four claims, judged from these results</h2>
+<h2>{prefix}The paper's four claims, judged from these results</h2>
 <p>He et al. (NIPS 2017) claim tensorized LSTMs are wider, deeper, cheaper and faster than stacked LSTMs.
 Each verdict below is computed from the points in this report only (status ok), by the rule stated with it.</p>
 {_claims_html(claims)}
 </section>
 <section id="figures">
-<h2>Figures</h2>
+<h2>{prefix}Figures</h2>
 {_figures_html(figures, paths, out_dir)}
 </section>
 <section id="where">
@@ -432,7 +535,56 @@ Each verdict below is computed from the points in this report only (status ok), 
 <h2>Failed points</h2>
 {_failures_html(df)}
 </section>
-<section id="environment">
+"""
+
+
+def render_html(df: pd.DataFrame, claims: list[Claim], figures: list[Figure], paths: dict[str, pathlib.Path],
+                out_dir: pathlib.Path, headline: Figure | None = None, split: Figure | None = None,
+                capacity: Capacity | None = None) -> str:
+    """The whole report as one HTML string (figures inline). ``claims``, ``figures``, ``headline`` and ``split``
+    are the speed half's, from the timing rows; ``capacity`` the capacity half (built here from the training
+    rows when not given)."""
+    env = df.attrs.get("env") if isinstance(df.attrs.get("env"), dict) else {}
+    sweep = df.attrs.get("sweep") if isinstance(df.attrs.get("sweep"), dict) else {}
+    envs = df.attrs.get("envs") if isinstance(df.attrs.get("envs"), list) else []
+    df = df.copy()
+    df.attrs = {}  # pandas would deep-copy them into every derived frame
+    timing, training = timing_rows(df), training_rows(df)
+    sections = sections_for(df)
+    if capacity is None and len(training):
+        capacity = build_capacity(training)
+    device = env.get("gpu_model") or env.get("cpu_model") or ", ".join(sorted({str(d) for d in df["device"].dropna()}))
+    name = sweep.get("name") or ", ".join(sorted({str(s) for s in df["sweep"].dropna()})) or "results"
+    impls = ", ".join(sorted({str(i) for i in df["impl"]}))
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    config, repro = _sweep_html(df, sweep)
+    nav = "".join(f'<a href="#{s}">{s}</a>' for s in sections)
+    counts = []
+    if "headline" in sections:
+        counts.append(f"{len(timing)} point(s), {int((timing['status'] == 'ok').sum())} ok")
+    if capacity is not None:
+        counts.append(f"{len(training)} training run(s), {int((training['status'] == 'ok').sum())} ok, "
+                      f"{int(training['solved'].sum())} solved")
+    both = capacity is not None and "headline" in sections
+    body = (_capacity_sections_html(capacity, paths, out_dir) if capacity is not None else "") + (
+        _timing_sections_html(timing, env, claims, figures, paths, out_dir, headline, split,
+                              "Speed: " if both else "") if "headline" in sections else "")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>tlstm-bench report: {_e(name)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<header>
+<h1>tlstm-bench report: {_e(name)}</h1>
+<p class="lead">{_e("; ".join(counts))}; implementations: {_e(impls)}; device: {_e(device or "not recorded")};
+commit {_e(env.get("git_commit") or "not recorded")}; built {_e(stamp)}.</p>
+<nav>{nav}</nav>
+</header>
+{body}<section id="environment">
 <h2>Environment</h2>
 {_env_html(df, env)}
 {f'<p class="noisy">These results come from {len(envs)} machines (host, device or versions differ); the table '
@@ -473,11 +625,23 @@ def build_report(df: pd.DataFrame, out: pathlib.Path) -> pathlib.Path:
     attrs = dict(frame.attrs)
     # pandas deep-copies attrs into every derived frame, which dominated the build time; work without
     frame.attrs = {}
-    claims = judge_claims(frame)
-    faster = next(c for c in claims if c.name == "Faster")
-    headline = fig_headline(faster.data)
-    figures = build_figures(frame, attrs.get("env") or {})
-    split = fig_time_split(with_labels(frame))
+    sections = sections_for(frame)
+    claims: list[Claim] = []
+    figures: list[Figure] = []
+    headline = split = None
+    drawn: list[Figure] = []
+    training = training_rows(frame)
+    capacity = build_capacity(training) if len(training) else None
+    if capacity is not None:
+        drawn += capacity.figures
+    if "headline" in sections:  # the speed half, from the timing rows only
+        timing = timing_rows(frame)
+        claims = judge_claims(timing)
+        faster = next(c for c in claims if c.name == "Faster")
+        headline = fig_headline(faster.data)
+        figures = build_figures(timing, attrs.get("env") or {})
+        split = fig_time_split(with_labels(timing))
+        drawn += [headline, *figures, split]
     frame.attrs = attrs
     path.parent.mkdir(parents=True, exist_ok=True)
     fig_dir = path.parent / f"{path.stem}_figures"
@@ -485,14 +649,14 @@ def build_report(df: pd.DataFrame, out: pathlib.Path) -> pathlib.Path:
     for stale in fig_dir.glob("[0-9][0-9]_*.png"):
         stale.unlink()  # a figure absent this time must not linger from an earlier build
     paths: dict[str, pathlib.Path] = {}
-    for i, figure in enumerate([headline, *figures, split]):
+    for i, figure in enumerate(drawn):
         if figure.png is None:
             continue
         png_path = fig_dir / f"{i:02d}_{figure.slug}.png"
         atomic_write(png_path, figure.png)
         paths[figure.slug] = png_path
-    atomic_write(path, render_html(frame, claims, figures, paths, path.parent, headline, split))
+    atomic_write(path, render_html(frame, claims, figures, paths, path.parent, headline, split, capacity))
     return path
 
 
-__all__ = ["SECTIONS", "build_report", "render_html"]
+__all__ = ["CAPACITY_SECTIONS", "SECTIONS", "build_report", "render_html", "sections_for"]

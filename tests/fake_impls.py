@@ -13,6 +13,7 @@ worker process register them; nothing else imports this module.
 | fake_wrong       | output shifted by 0.1                      | incorrect       |
 | fake_error       | raises ValueError                          | error           |
 | fake_unavailable | availability says no                       | unavailable     |
+| fake_nan         | correct for 4 calls, then NaN outputs      | ok when timed; diverged when trained |
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import implementations
 from implementations.tlstm_naive import TLSTMNaive
 
 SLOW_CALL_S = 0.05
+NAN_AFTER_CALLS = 4
 
 
 class FakeTLSTM(TLSTMNaive):
@@ -48,6 +50,10 @@ class FakeTLSTM(TLSTMNaive):
         y, (h, c) = super().forward(x, state)
         if self.behaviour == "wrong":
             y = y + 0.1
+        if self.behaviour == "nan":
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls > NAN_AFTER_CALLS:
+                y = y * float("nan")
         return y, (h, c)
 
 
@@ -64,7 +70,7 @@ def _register(behaviour: str, availability=None) -> None:
     )(build)
 
 
-for _behaviour in ("ok", "slow", "oom", "abort", "hang", "wrong", "error"):
+for _behaviour in ("ok", "slow", "oom", "abort", "hang", "wrong", "error", "nan"):
     _register(_behaviour)
 _register("unavailable", availability=lambda device: "fake: needs hardware this machine lacks")
 

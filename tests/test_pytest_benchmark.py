@@ -54,7 +54,10 @@ def collected_ids(result: subprocess.CompletedProcess) -> list[str]:
 def test_benchmarks_are_the_points_of_the_sweep():
     result = run_pytest("bench", "--collect-only", "-q", "--tlstm-sweep", "quick")
     assert result.returncode == 0, result.stdout + result.stderr
-    ids = collected_ids(result)
+    ids = [i for i in collected_ids(result) if "::test_benchmark[" in i]
+    steps = [i for i in collected_ids(result) if "::test_training_step[" in i]
+    # and one training-step benchmark per implementation, on the capacity sweep's task
+    assert sorted(i.split("[", 1)[1].split("-L4-")[0] for i in steps) == implementations.names()
     for name in implementations.names():
         for mode in ("inference", "training"):
             assert any(f"[{name}-" in i and i.endswith(f"-{mode}]") for i in ids), (name, mode, ids)
@@ -73,13 +76,14 @@ def test_plain_pytest_does_not_run_benchmarks_and_benchmark_only_runs_only_them(
     assert plain.returncode == 0, plain.stdout + plain.stderr
     plain_ids = collected_ids(plain)
     assert plain_ids and all(i.startswith("tests/test_config.py::") for i in plain_ids)
-    assert f"{16 * len(implementations.names())} deselected" in plain.stdout  # the quick sweep's benchmarks
+    # the quick sweep's benchmarks and one training-step benchmark per implementation
+    assert f"{17 * len(implementations.names())} deselected" in plain.stdout
 
     only = run_pytest(*testpaths, "--collect-only", "-q", "--benchmark-only", "--tlstm-grid", "tiny",
                       "--tlstm-impl", FAST_IMPLS)  # fmt: skip
     assert only.returncode == 0, only.stdout + only.stderr
     only_ids = collected_ids(only)
-    assert len(only_ids) == 2 * 2 and all(i.startswith("bench/test_benchmarks.py::") for i in only_ids)
+    assert len(only_ids) == 2 * 2 + 2 and all(i.startswith("bench/test_benchmarks.py::") for i in only_ids)
     assert f"{len(plain_ids)} deselected" in only.stdout
 
 
@@ -109,7 +113,7 @@ def test_option_readers():
     points = pytest_plugin.selected_points(_Options())
     assert points == load_sweep("tiny").points()
     assert {p.impl for p in pytest_plugin.selected_points(_Options(tlstm_impl=["lstm_*", "tlstm_naive"]))} == {
-        "lstm_cudnn", "tlstm_naive"}
+        "lstm_cudnn", "lstm_shared", "tlstm_naive"}
     narrowed = pytest_plugin.selected_points(_Options(tlstm_dtype="float64", tlstm_set=["batch=[1,3]"]))
     assert {p.dtype for p in narrowed} == {"float64"} and {p.batch for p in narrowed} == {1, 3}
     assert pytest_plugin.benchmark_threads(_Options()) == 1  # the tiny sweep's budget.threads
@@ -146,6 +150,8 @@ def test_tiny_run_groups_implementations_side_by_side(tiny_run):
     groups: dict[str, set[str]] = {}
     for bench in data["benchmarks"]:
         groups.setdefault(bench["group"], set()).add(bench["extra_info"]["config"]["impl"])
+    steps = groups.pop("training step: memorization S=6 V=4, L=4, budget 6,000")
+    assert steps == {"lstm_cudnn", "tlstm_naive"}  # and the training step of each, side by side
     assert len(groups) == 2  # one size, two modes
     assert all(impls == {"tlstm_naive", "lstm_cudnn"} for impls in groups.values())
     for group in groups:
@@ -155,6 +161,7 @@ def test_tiny_run_groups_implementations_side_by_side(tiny_run):
 def test_tiny_run_extra_info_and_machine_info(tiny_run):
     path, _ = tiny_run
     data = json.loads(path.read_text())
+    data["benchmarks"] = [b for b in data["benchmarks"] if b["name"].startswith("test_benchmark[")]
     assert len(data["benchmarks"]) == 4
     for bench in data["benchmarks"]:
         extra = bench["extra_info"]
@@ -345,6 +352,8 @@ def test_tlstm_profile_saves_a_trace_and_a_breakdown_per_benchmark(tmp_path):
                         "--tlstm-profile", str(tmp_path / "prof"), f"--benchmark-json={out}")
     assert result.returncode == 0, result.stdout + result.stderr
     for bench in json.loads(out.read_text())["benchmarks"]:
+        if bench["name"].startswith("test_training_step["):  # the training step is timed, not profiled
+            continue
         profile = bench["extra_info"]["profile"]
         assert (tmp_path / "prof" / "traces" / profile["trace"]).is_file()
         assert sum(profile["categories_s"].values()) == pytest.approx(profile["wall_s"], rel=0.02)

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import implementations
-from implementations import ConfigError, ImplementationUnavailable, UnknownImplementation
+from implementations import ConfigError, ImplementationUnavailable, ModelConfig, UnknownImplementation
 
 
 def test_builtins_registered():
-    assert {"tlstm_naive", "lstm_cudnn"} <= set(implementations.names())
+    assert {"tlstm_naive", "lstm_cudnn", "lstm_shared"} <= set(implementations.names())
     assert implementations.get("tlstm_naive").family == "tlstm"
-    assert implementations.get("lstm_cudnn").family == "lstm"
+    assert implementations.get("lstm_cudnn").family == "lstm" and implementations.get("lstm_shared").family == "lstm"
 
 
 def test_glob_and_family_filters():
@@ -71,6 +71,29 @@ def test_availability_reason_is_reported():
             implementations.create("x_fake_unavail", input_size=3, channels=4, tensor_size=2)
     finally:
         implementations.unregister("x_fake_unavail")
+
+
+def test_param_count_and_reference_hooks():
+    config = ModelConfig(3, 4, depth=2)
+    assert implementations.get("lstm_cudnn").param_count is None and implementations.get("lstm_cudnn").reference is None
+    assert implementations.param_count("lstm_cudnn", config) == implementations.lstm_param_count(config)
+    assert implementations.param_count("tlstm_naive", ModelConfig(3, 4, 2)) == implementations.tlstm_param_count(
+        ModelConfig(3, 4, 2))
+
+    def reference(config, device):
+        return torch.nn.Linear(1, 1, dtype=torch.float64, device=device)
+
+    @implementations.register("x_fake_hooks", family="lstm", param_count=lambda config: 42, reference=reference)
+    def _build(config, *, device, dtype):
+        return torch.nn.Identity()
+
+    try:
+        assert implementations.param_count("x_fake_hooks", config) == 42
+        assert implementations.get("x_fake_hooks").reference is reference
+        with pytest.raises(UnknownImplementation, match="x_nope"):
+            implementations.param_count("x_nope", config)
+    finally:
+        implementations.unregister("x_fake_hooks")
 
 
 def test_third_party_entry_point(tmp_path):

@@ -142,7 +142,7 @@ def test_bad_frame_is_refused_naming_the_field(tmp_path, mutate, field):
         reports.build_report(df, tmp_path / "r.html")
     assert field in str(info.value)
     if field == "status" and "done" in str(info.value):
-        assert "allowed: ok, incorrect, oom" in str(info.value)
+        assert "allowed: ok, incorrect, diverged, oom" in str(info.value)
 
 
 def test_bad_out_and_bad_df_are_refused(tmp_path):

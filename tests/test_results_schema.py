@@ -58,13 +58,13 @@ def test_every_record_field_is_written():
     record = contract.make_record(POINT, status="timeout", message="m", samples_s=[], metrics={}, env={"a": 1},
                                   sweep="s", index=0, started_at="t")
     assert tuple(record) == contract.RECORD_FIELDS and record["schema"] == SCHEMA_VERSION
-    with pytest.raises(ContractError, match="status must be one of ok, incorrect, oom, crashed, timeout"):
+    with pytest.raises(ContractError, match="status must be one of ok, incorrect, diverged, oom, crashed, timeout"):
         contract.make_record(POINT, status="slow", message="", samples_s=[], metrics={}, env={}, sweep="s", index=0,
                              started_at=None)
 
 
 def test_a_newer_schema_is_refused_by_name():
-    with pytest.raises(ContractError, match="results schema 99 is unknown; this version reads schemas 1 to 2"):
+    with pytest.raises(ContractError, match="results schema 99 is unknown; this version reads schemas 1 to 3"):
         contract.upgrade({"schema": 99})
 
 

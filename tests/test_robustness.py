@@ -338,7 +338,7 @@ def test_an_empty_or_impossible_out_is_refused(tmp_path, capsys, monkeypatch, ou
 
 
 @pytest.mark.parametrize("line, why", [
-    ({"schema": 3}, "results schema 3 is unknown"),
+    ({"schema": 4}, "results schema 4 is unknown"),
     ({"schema": "2"}, "results schema '2' is unknown"),
     ({"env": "notadict"}, "'env' is not an object"),
 ])

@@ -56,7 +56,7 @@ def test_cross_product_and_interleaved_order(tmp_path):
     first = points[0]
     assert set(first.as_dict()) == {"impl", "family", "tensor_size", "depth", "seq_len", "batch", "channels",
                           "input_size", "kernel_size", "mem_conv", "norm", "dtype", "mode", "device", "repeats",
-                          "warmup", "seed"}
+                          "warmup", "seed", "dims", "train"}
     assert first.norm is None and first.device == "cpu" and first.dtype == "float32"
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from implementations import ModelConfig, create, tlstm_param_count
+from implementations import ConfigError, ModelConfig, create, tlstm_param_count
 from implementations.tlstm_naive import TLSTMNaive
 
-from .spec_reference import spec_tlstm
+from .spec_reference import spec_tlstm, spec_tlstm_3d
 
 
 def _randomize(model: torch.nn.Module, gen: torch.Generator) -> None:
@@ -147,3 +147,101 @@ def test_bad_input_shape_names_expected_shape():
     model = create("tlstm_naive", input_size=4, channels=8, tensor_size=3)
     with pytest.raises(ValueError, match=r"x must have shape \[B, T, 4\]"):
         model(torch.randn(2, 5, 3))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the 3D tLSTM (dims=3)
+
+
+@pytest.mark.parametrize("kernel_size, tensor_size", [(2, 1), (2, 3), (3, 1), (3, 3), (4, 2), (5, 3)])
+@pytest.mark.parametrize("mem_conv, norm", [(True, None), (False, None), (True, "cn"), (False, "cn")])
+def test_3d_matches_independent_reimplementation(kernel_size, tensor_size, mem_conv, norm, rng_seed):
+    gen = torch.Generator().manual_seed(rng_seed)
+    model = create("tlstm_naive", input_size=3, channels=4, tensor_size=tensor_size, kernel_size=kernel_size,
+                   mem_conv=mem_conv, norm=norm, dims=3, dtype=torch.float64)
+    _randomize(model, gen)
+    x = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(2, tensor_size, tensor_size, 4, generator=gen, dtype=torch.float64)
+    y, (h, c) = model(x)
+    y_ref, h_ref, c_ref = spec_tlstm_3d(x, dict(model.named_parameters()), tensor_size, kernel_size, mem_conv, norm)
+    assert model.weight_h.shape == (kernel_size, kernel_size, 4, 16 + (kernel_size**2 if mem_conv else 0))
+    assert y.shape == (2, 4, 4) and h.shape == c.shape == (2, tensor_size, tensor_size, 4)
+    for got, want in ((y, y_ref), (h, h_ref), (c, c_ref)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    y2, _ = model(x, (h0, h0.clone()))  # a given state is used
+    assert not torch.allclose(y2, y)
+
+
+@pytest.mark.parametrize("kernel_size, mem_conv, norm", [(2, True, None), (3, True, "cn"), (3, False, None),
+                                                         (4, True, None)])
+def test_3d_gradcheck_float64(kernel_size, mem_conv, norm, rng_seed):
+    gen = torch.Generator().manual_seed(rng_seed)
+    p = 2
+    model = create("tlstm_naive", input_size=2, channels=2, tensor_size=p, kernel_size=kernel_size,
+                   mem_conv=mem_conv, norm=norm, dims=3, dtype=torch.float64)
+    _randomize(model, gen)
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(t.detach().clone().requires_grad_() for t in model.parameters())
+    x = torch.randn(1, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(1, p, p, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(1, p, p, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def run(x, h0, c0, *params):
+        y, (h, c) = functional_call(model, dict(zip(names, params)), (x, (h0, c0)))
+        return y, h, c
+
+    assert torch.autograd.gradcheck(run, (x, h0, c0, *params), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3, 5])
+def test_3d_with_one_location_only_two_taps_matter(kernel_size, rng_seed):
+    """P = 1: only tap (d_up - 1, d_up - 1) (the input; (0, 0) for K = 2, 3) and tap (d_up, d_up) (the location
+    itself) read non-zero rows."""
+    gen = torch.Generator().manual_seed(rng_seed)
+    model = create("tlstm_naive", input_size=3, channels=4, tensor_size=1, kernel_size=kernel_size, dims=3,
+                   dtype=torch.float64)
+    _randomize(model, gen)
+    x = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64)
+    y, _ = model(x)
+    d_up = kernel_size // 2
+    with torch.no_grad():
+        keep = torch.zeros(kernel_size, kernel_size, 1, 1, dtype=torch.float64)
+        keep[d_up - 1, d_up - 1] = keep[d_up, d_up] = 1
+        model.weight_h.mul_(keep)
+    torch.testing.assert_close(model(x)[0], y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tensor_size, kernel_size", [(1, 3), (3, 2), (3, 3), (4, 5)])
+def test_3d_causality_and_delay(tensor_size, kernel_size, rng_seed):
+    gen = torch.Generator().manual_seed(rng_seed)
+    model = create("tlstm_naive", input_size=2, channels=3, tensor_size=tensor_size, kernel_size=kernel_size,
+                   dims=3, dtype=torch.float64)
+    _randomize(model, gen)
+    seq_len = 5
+    x = torch.randn(1, seq_len, 2, generator=gen, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda inp: model(inp)[0], x)
+    dep = jac[0, :, :, 0].abs().sum(dim=(1, 3))
+    for t in range(seq_len):
+        assert torch.all(dep[t, t + 1 :] == 0), f"y[:, {t}] depends on a later input"
+        assert dep[t, t] > 1e-10, f"y[:, {t}] does not depend on x[:, {t}]"
+
+
+@pytest.mark.parametrize("kernel_size, mem_conv, norm", [(3, True, None), (2, False, None), (5, True, "cn")])
+def test_3d_parameter_count_formula_and_independent_of_tensor_size(kernel_size, mem_conv, norm):
+    counts = set()
+    for p in (1, 2, 4):
+        model = create("tlstm_naive", input_size=5, channels=6, tensor_size=p, kernel_size=kernel_size,
+                       mem_conv=mem_conv, norm=norm, dims=3)
+        counts.add(sum(t.numel() for t in model.parameters()))
+    g = 24 + (kernel_size**2 if mem_conv else 0)
+    expected = 5 * 6 + 6 + kernel_size**2 * 6 * g + g + (60 if norm == "cn" else 0)
+    assert counts == {expected} == {tlstm_param_count(ModelConfig(5, 6, 3, kernel_size, mem_conv, norm, dims=3))}
+
+
+def test_dims_is_checked_where_it_enters():
+    with pytest.raises(ConfigError, match="dims must be one of"):
+        ModelConfig(3, 4, 2, dims=4)
+    with pytest.raises(ConfigError, match="allowed dims: 2"):
+        create("lstm_cudnn", input_size=3, channels=4, tensor_size=2, dims=3)
+    with pytest.raises(ConfigError, match="allowed dims: 2"):
+        ModelConfig(3, 4, None, depth=2, dims=3)

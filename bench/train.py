@@ -1,0 +1,249 @@
+"""Training runs: what a model buys, measured by training it on an algorithmic task (``bench.tasks``).
+
+A training point (``Point.train`` set) is one model (any registered implementation, as the core)
+trained on one task from one seed until it solves the task or its budget (samples, training time)
+runs out. The model is the core between a task head: one-hot input symbols in (the core's input size is
+the task's number of input symbols, so the head has no input parameters) and a linear read-out to the
+output symbols out, trained with cross-entropy on the scored steps only (Adam, gradient-norm clipping).
+The head's parameters are counted apart from the core's, and in the total.
+
+Every ``eval_every`` training samples the model is evaluated on a fixed held-out set (``eval_samples``
+sequences drawn from ``HELD_OUT_SEED``, the same for every model and seed) and a point of the learning
+curve is kept: samples seen, mean training loss since the last evaluation, held-out symbol and sequence
+accuracy, training wall time (evaluations and checkpoints excluded). Solved: held-out symbol accuracy
+>= ``solve_at``; samples and time to solve are those of the first evaluation that reaches it.
+
+With a checkpoint path, the run saves its whole state (weights, optimizer, data generator, curve, time)
+after every evaluation and, when started again on the same point, continues from there: samples seen
+keep counting up. Before training, the core passes the suite's correctness gate at the task's sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import implementations
+
+from .contract import Point, TrainSpec
+from .tasks import Task, make_task
+
+OPTIMIZERS = ("adam",)
+HELD_OUT_SEED = 2**31 - 1  # the held-out set: one fixed draw, the same for every model, seed and run
+CHECKPOINT_VERSION = 1
+
+
+def task_of(spec: TrainSpec) -> Task:
+    return make_task(spec.task, digits=spec.digits, length=spec.length, alphabet=spec.alphabet)
+
+
+def head_param_count(channels: int, output_symbols: int) -> int:
+    """The read-out's parameters: an [M, V_out] weight and a V_out bias."""
+    return channels * output_symbols + output_symbols
+
+
+class TaskModel(nn.Module):
+    """A core (any registered implementation) between a one-hot input and a linear read-out.
+
+    Input: symbol ids [B, T] (int64). Output: logits [B, T, V_out]. ``core`` takes [B, T, R] with R the
+    task's input symbols and returns (y [B, T, M], state) as every implementation does.
+    """
+
+    def __init__(self, core: nn.Module, input_symbols: int, channels: int, output_symbols: int) -> None:
+        super().__init__()
+        self.core = core
+        self.input_symbols = input_symbols
+        dtype = next(core.parameters()).dtype
+        device = next(core.parameters()).device
+        self.readout = nn.Linear(channels, output_symbols, device=device, dtype=dtype)
+
+    def forward(self, symbols: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.one_hot(symbols, self.input_symbols).to(self.readout.weight.dtype)  # [B, T, R]
+        y, _ = self.core(x)  # [B, T, M]
+        return self.readout(y)  # [B, T, V_out]
+
+    def param_counts(self) -> tuple[int, int]:
+        """(core, head) parameter counts."""
+        return (sum(p.numel() for p in self.core.parameters()), sum(p.numel() for p in self.readout.parameters()))
+
+
+def build_task_model(point: Point) -> tuple[TaskModel, Task]:
+    """The point's task and its model, initialized from ``point.seed``."""
+    from .measure import TORCH_DTYPES
+
+    assert point.train is not None
+    task = task_of(point.train)
+    torch.manual_seed(point.seed)
+    core = implementations.build(point.impl, point.model_config(), device=torch.device(point.device),
+                                 dtype=TORCH_DTYPES[point.dtype])
+    return TaskModel(core, task.input_symbols, point.channels, task.output_symbols), task
+
+
+def evaluate(model: TaskModel, held_out: tuple[torch.Tensor, ...], chunk: int = 1024) -> tuple[float, float]:
+    """(symbol accuracy, sequence accuracy) on the held-out set: scored symbols right, sequences all right."""
+    inputs, targets, mask = held_out
+    right_symbols = scored = right_sequences = 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(inputs), chunk):
+            sl = slice(start, start + chunk)
+            predicted = model(inputs[sl]).argmax(-1)
+            hit = (predicted == targets[sl]) | ~mask[sl]
+            right_symbols += int((hit & mask[sl]).sum())
+            scored += int(mask[sl].sum())
+            right_sequences += int(hit.all(dim=1).sum())
+    model.train()
+    return right_symbols / scored, right_sequences / len(inputs)
+
+
+def training_step(model: TaskModel, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, ...],
+                  clip: float) -> float | None:
+    """One step on one batch (inputs, targets, mask): cross-entropy on the scored steps, backward,
+    gradient-norm clipping (``clip`` > 0), optimizer step. Returns the loss, or None (and no update) when
+    it is NaN or infinite."""
+    inputs, targets, mask = batch
+    logits = model(inputs)  # [B, T, V_out]
+    loss = nn.functional.cross_entropy(logits[mask].float(), targets[mask])
+    value = loss.item()  # also waits for the device
+    if not math.isfinite(value):
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    if inputs.is_cuda:
+        torch.cuda.synchronize()
+    return value
+
+
+def gate(point: Point) -> tuple[bool, float, str]:
+    """The suite's correctness gate for the core at this point's sizes (training mode: output, state and
+    every gradient against the float64 reference)."""
+    from .measure import check_correctness
+
+    gate_point = dataclasses.replace(point, train=None, mode="training", batch=min(point.batch, 4))
+    return check_correctness(gate_point)
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill during the save leaves the previous checkpoint whole
+
+
+def train_point(point: Point, checkpoint: Path | None = None,
+                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train the point's model; returns {"status", "message", "samples_s", "metrics"} (the results
+    contract). Status: ok (solved, or the budget ran out: see ``metrics["stop_reason"]``), incorrect
+    (the core failed the gate; not trained) or diverged (the loss became NaN or infinite)."""
+    spec = point.train
+    if spec is None:
+        raise ValueError(f"{point.describe()} is not a training point (its train settings are None)")
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    ok, max_err, gate_message = gate(point)
+    model, task = build_task_model(point)
+    core_params, head_params = model.param_counts()
+    metrics: dict[str, Any] = {
+        "params": core_params + head_params, "core_params": core_params, "head_params": head_params,
+        "hidden_units": point.hidden_units, "max_abs_err": max_err,
+        "backend": implementations.backend_name(model.core, torch.zeros(1, 1, task.input_symbols,
+                                                                        dtype=model.readout.weight.dtype,
+                                                                        device=model.readout.weight.device)),
+    }
+    if not ok:
+        return {"status": "incorrect", "message": gate_message, "samples_s": [], "metrics": metrics}
+
+    device = torch.device(point.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    generator = torch.Generator().manual_seed(point.seed)
+    held_out = tuple(t.to(device) for t in task.batch(spec.eval_samples, seed=HELD_OUT_SEED))
+    state: dict[str, Any] = {"samples": 0, "train_time_s": 0.0, "curve": [], "step_times": [], "resumed": 0,
+                             "solved_at": None}
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved.get("key") == point.key and saved.get("version") == CHECKPOINT_VERSION:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            generator.set_state(saved["generator"])
+            state = saved["state"]
+            state["resumed"] += 1
+            log(f"resumed from {checkpoint} at {state['samples']:,} samples")
+
+    losses: list[float] = []
+    status, stop_reason = "ok", None
+    next_eval = (state["samples"] // spec.eval_every + 1) * spec.eval_every
+    while True:
+        if state["samples"] >= spec.max_samples:
+            stop_reason = "max_samples"
+            break
+        if state["train_time_s"] >= spec.max_time_s:
+            stop_reason = "max_time"
+            break
+        batch = tuple(t.to(device) for t in task.batch(point.batch, generator=generator))
+        started = time.perf_counter()
+        loss = training_step(model, optimizer, batch, spec.clip)
+        if loss is None:
+            status, stop_reason = "diverged", "diverged"
+            break
+        step_s = time.perf_counter() - started
+        state["train_time_s"] += step_s
+        state["step_times"].append(step_s)
+        state["samples"] += point.batch
+        losses.append(loss)
+        if state["samples"] >= next_eval or state["samples"] >= spec.max_samples:
+            next_eval += spec.eval_every
+            symbol_acc, sequence_acc = evaluate(model, held_out)
+            state["curve"].append({"samples": state["samples"], "loss": statistics.fmean(losses),
+                                   "symbol_acc": symbol_acc, "sequence_acc": sequence_acc,
+                                   "wall_s": state["train_time_s"]})
+            losses = []
+            log(f"{state['samples']:>9,} samples  loss {state['curve'][-1]['loss']:.4f}  symbol acc {symbol_acc:.3f}"
+                f"  sequence acc {sequence_acc:.3f}  {state['train_time_s']:.1f} s")
+            if symbol_acc >= spec.solve_at and state["solved_at"] is None:
+                state["solved_at"] = {"samples": state["samples"], "wall_s": state["train_time_s"]}
+            if state["solved_at"] is not None and spec.stop_when_solved:
+                stop_reason = "solved"
+                break
+            if checkpoint is not None:
+                _save(checkpoint, {"version": CHECKPOINT_VERSION, "key": point.key, "model": model.state_dict(),
+                                   "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                                   "state": state})
+
+    curve = state["curve"]
+    solved = state["solved_at"]
+    metrics.update({
+        "solved": solved is not None,
+        "samples_to_solve": solved["samples"] if solved else None,
+        "time_to_solve_s": solved["wall_s"] if solved else None,
+        "samples_seen": state["samples"],
+        "train_time_s": state["train_time_s"],
+        "step_time_s": statistics.median(state["step_times"]) if state["step_times"] else None,
+        "final_loss": curve[-1]["loss"] if curve else None,
+        "final_symbol_acc": curve[-1]["symbol_acc"] if curve else None,
+        "final_sequence_acc": curve[-1]["sequence_acc"] if curve else None,
+        "best_symbol_acc": max(c["symbol_acc"] for c in curve) if curve else None,
+        "stop_reason": stop_reason,
+        "resumed": state["resumed"],
+        "curve": curve,
+    })  # fmt: skip
+    if status == "diverged":
+        message = f"the training loss became NaN or infinite after {state['samples']:,} samples"
+    elif solved:
+        message = (f"solved ({task.label()}): held-out symbol accuracy >= {spec.solve_at:g} after "
+                   f"{solved['samples']:,} samples, {solved['wall_s']:.1f} s of training; {gate_message}")
+    else:
+        best = metrics["best_symbol_acc"]
+        message = (f"not solved within budget ({stop_reason.replace('_', ' ')}): best held-out symbol accuracy "
+                   f"{best if best is not None else math.nan:.3f} after {state['samples']:,} samples; {gate_message}")
+    return {"status": status, "message": message, "samples_s": [], "metrics": metrics}
