@@ -147,22 +147,31 @@ def summary_table(df) -> str:
         return "(no ok points to tabulate)"
     axis = "tensor_size" if ok["tensor_size"].notna().all() else "depth"
     label = "P" if axis == "tensor_size" else "L"
-    table = ok.pivot_table(index=["impl", "mode"], columns=axis, values="time_per_step_s", aggfunc="median")
-    header = f"{'median time per step':<30}" + "".join(f"{label}={int(c):<9}" for c in table.columns)
+    # the implementation alone, or with its switches where the sweep ran several variants of it
+    labels = ok.apply(model_label, axis=1)
+    several = labels.groupby(ok["impl"]).nunique()
+    ok = ok.assign(model=[lab if several[impl] > 1 else impl for lab, impl in zip(labels, ok["impl"])])
+    table = ok.pivot_table(index=["model", "mode"], columns=axis, values="time_per_step_s", aggfunc="median")
+    width = max(30, max(len(f"{m} {mode}") for m, mode in table.index) + 2)
+    header = f"{'median time per step':<{width}}" + "".join(f"{label}={int(c):<9}" for c in table.columns)
     lines = [header]
-    for (impl, mode), row in table.iterrows():
+    for (model, mode), row in table.iterrows():
         cells = "".join(f"{format_seconds(v):<11}" for v in row)
-        lines.append(f"{impl + ' ' + mode:<30}{cells}")
+        lines.append(f"{model + ' ' + mode:<{width}}{cells}")
     return "\n".join(lines)
+
+
+def model_label(row) -> str:
+    """An implementation with its tLSTM switches: "tlstm_fused 3D K=3 +CN"."""
+    if row["family"] != "tlstm":
+        return row["impl"]
+    dims = "3D " if row.get("dims") == 3 else ""
+    return f"{row['impl']} {dims}K={row['kernel_size']}{'' if row['mem_conv'] else ' -M'}" \
+        f"{' +CN' if row['norm'] == 'cn' else ''}"
 
 
 def training_table(df) -> str:
     """Per model (implementation and switches) and depth: each seed's samples to solve, or its best accuracy."""
-    def model(row) -> str:
-        if row["family"] != "tlstm":
-            return row["impl"]
-        switches = f"K={row['kernel_size']}{'' if row['mem_conv'] else ' -M'}{' +CN' if row['norm'] == 'cn' else ''}"
-        return f"{row['impl']} {switches}"
 
     def cell(row) -> str:
         if row["status"] != "ok":
@@ -172,7 +181,7 @@ def training_table(df) -> str:
         best = row["best_symbol_acc"]
         return f"({100 * best:.0f}%)" if best is not None and best == best else "-"
 
-    df = df.assign(model=df.apply(model, axis=1), cell=df.apply(cell, axis=1))
+    df = df.assign(model=df.apply(model_label, axis=1), cell=df.apply(cell, axis=1))
     depths = sorted(df["depth"].unique())
     lines = ["samples to solve per seed, or (best held-out symbol accuracy) when not solved",
              f"{'model':<34}" + "".join(f"L={int(d):<14}" for d in depths)]

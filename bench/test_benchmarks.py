@@ -34,13 +34,22 @@ from bench.profile import profile_call
 from bench.runner import TRACES_DIR
 
 
+def _switches(point: Point) -> str:
+    """The tLSTM switches away from the default (K = 3, memory-cell convolution, no CN, 2D), e.g. "-3D-K2+CN"."""
+    if point.family != "tlstm":
+        return ""
+    return (("-3D" if point.dims == 3 else "") + (f"-K{point.kernel_size}" if point.kernel_size != 3 else "")
+            + ("-M" if not point.mem_conv else "") + ("+CN" if point.norm == "cn" else ""))
+
+
 def point_id(point: Point) -> str:
     size = f"P{point.tensor_size}" if point.tensor_size is not None else f"L{point.depth}"
-    return f"{point.impl}-{size}-T{point.seq_len}-B{point.batch}-M{point.channels}-{point.dtype}-{point.mode}"
+    return (f"{point.impl}{_switches(point)}-{size}-T{point.seq_len}-B{point.batch}-M{point.channels}-{point.dtype}-"
+            f"{point.mode}")
 
 
 def point_group(point: Point) -> str:
-    """Same sizes and mode, every implementation: one table that answers "which is faster here"."""
+    """Same sizes and mode, every implementation (and variant): one table that answers "which is faster here"."""
     size = f"P={point.tensor_size} " if point.tensor_size is not None else ""
     return (
         f"{size}L={point.depth} T={point.seq_len} B={point.batch} M={point.channels} K={point.kernel_size} "

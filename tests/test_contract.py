@@ -80,12 +80,14 @@ TLSTMS = [n for n in IMPLS if implementations.get(n).family == "tlstm" and n != 
 
 
 @pytest.mark.parametrize("name", TLSTMS)
+@pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("kernel_size, mem_conv, norm", [(3, True, None), (2, False, None), (4, True, "cn")])
-def test_tlstm_matches_naive_output_and_gradients(name, kernel_size, mem_conv, norm, rng_seed):
+def test_tlstm_matches_naive_output_and_gradients(name, dims, kernel_size, mem_conv, norm, rng_seed):
     impl = implementations.get(name)
     dtype = torch.float64 if impl.supports_dtype(torch.float64) else torch.float32
     tol = 1e-10 if dtype == torch.float64 else 1e-5
-    sizes = dict(input_size=3, channels=4, tensor_size=5, kernel_size=kernel_size, mem_conv=mem_conv, norm=norm)
+    sizes = dict(input_size=3, channels=4, tensor_size=5 if dims == 2 else 3, kernel_size=kernel_size,
+                 mem_conv=mem_conv, norm=norm, dims=dims)
     model = _build_or_skip(name, dtype, **sizes)
     gen = torch.Generator().manual_seed(rng_seed)
     reference = implementations.create("tlstm_naive", dtype=dtype, **sizes)

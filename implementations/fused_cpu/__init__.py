@@ -3,7 +3,8 @@
 The operator (``csrc/tlstm_fused_cpu.cpp``) runs all T+L-1 steps, forward and backward: per step one
 matrix product for the cross-layer convolution and one pass over the (sample, location) rows for
 everything else, a large step split by rows between the threads; the weight gradient is one product
-after the loop.
+after the loop. It serves the tLSTM and the 3D tLSTM (``dims=3``: P x P locations, a K x K kernel); the
+operator tells them apart by ``weight_h``'s rank ([K, M, G] or [K, K, M, G]).
 It is compiled with ``torch.utils.cpp_extension`` the first time it is used, into
 ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/tlstm-bench/`` (``$XDG_CACHE_HOME`` honoured), and later
 processes load that build directly. The build is keyed by the source, the flags and the torch
@@ -174,7 +175,8 @@ class FusedSequence(torch.autograd.Function):
 def tlstm_forward(module: torch.nn.Module, x: Tensor, state: tuple[Tensor, Tensor] | None = None
                   ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Run ``module`` (a TLSTMNaive-like module: its config and parameters) on x [B, T, R] with the
-    fused operator. Returns y [B, T, M] and the final (h, c), each [B, P, M]."""
+    fused operator. Returns y [B, T, M] and the final (h, c), each [B, P, M] ([B, P, P, M] for the 3D
+    tLSTM, ``config.dims == 3``)."""
     cfg = module.config
     if x.device.type != "cpu":
         raise ValueError(f"the cpp backend runs on CPU tensors; x is on {x.device}")
@@ -184,8 +186,12 @@ def tlstm_forward(module: torch.nn.Module, x: Tensor, state: tuple[Tensor, Tenso
                          f"allowed: {allowed}")
     if x.dtype != module.weight_h.dtype:
         raise ValueError(f"x dtype {x.dtype} must match the parameters' dtype {module.weight_h.dtype}")
+    if module.weight_h.dim() != cfg.dims + 1:
+        want = "[K, K, M, G]" if cfg.dims == 3 else "[K, M, G]"
+        raise ValueError(f"weight_h must be {want} for dims={cfg.dims}, got {list(module.weight_h.shape)}")
     batch = x.shape[0]
-    state_shape = (batch, cfg.tensor_size, cfg.channels)
+    state_shape = (batch, *(cfg.tensor_size,) * (cfg.dims - 1), cfg.channels)
+    state_label = "[B, P, P, M]" if cfg.dims == 3 else "[B, P, M]"
     if state is None:
         h0 = x.new_zeros(state_shape)
         c0 = x.new_zeros(state_shape)
@@ -193,7 +199,8 @@ def tlstm_forward(module: torch.nn.Module, x: Tensor, state: tuple[Tensor, Tenso
         h0, c0 = state
         for label, t in (("h", h0), ("c", c0)):
             if tuple(t.shape) != state_shape:
-                raise ValueError(f"state {label} must have shape [B, P, M] = {list(state_shape)}, got {list(t.shape)}")
+                raise ValueError(f"state {label} must have shape {state_label} = {list(state_shape)}, "
+                                 f"got {list(t.shape)}")
     cn = ([getattr(module, n) for n in ("cn_a_weight", "cn_a_bias", "cn_c_weight", "cn_c_bias")]
           if cfg.norm == "cn" else [None] * 4)
     inputs = (x, h0, c0, module.weight_x, module.bias_x, module.weight_h, module.bias_h, *cn)

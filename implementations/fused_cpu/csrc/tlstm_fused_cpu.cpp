@@ -2,23 +2,28 @@
 //
 // Equations and step numbers (1)-(9): implementations/tlstm_naive.py. Shape letters: B batch,
 // T sequence length, R input size, M channels, P tensor size, K kernel size, d_up = K / 2,
-// L depth, S = T + L - 1 steps, G = 4M + K (memory-cell convolution on) or 4M.
+// L depth, S = T + L - 1 steps. The operator serves the tLSTM (2D: weight_h [K, M, G], state
+// [B, P, M]) and the 3D tLSTM (weight_h [K, K, M, G], state [B, P, P, M]) with the same loops, written
+// over N locations and KK taps: N = P, KK = K in 2D; N = P*P (location (p1, p2) is n = p1*P + p2),
+// KK = K*K (tap (k1, k2) is t = k1*K + k2) in 3D. G = 4M + KK (memory-cell convolution on) or 4M.
+// Which Hcat row tap t of location n reads, which cell its memory convolution reads, and the inverse
+// maps are index tables built once per call (see Dims); the output is read at the last location, N-1.
 //
-// Per step: ONE matrix product for the cross-layer convolution (3), [B*P, K*M] x [K*M, G], then ONE
-// pass over the B*P (sample, location) rows doing (4)-(9). Rows are independent within a step, so a
+// Per step: ONE matrix product for the cross-layer convolution (3), [B*N, KK*M] x [KK*M, G], then ONE
+// pass over the B*N (sample, location) rows doing (4)-(9). Rows are independent within a step, so a
 // step large enough to split is cut into one block of rows per thread, and each thread runs its
 // block's product and pointwise pass back to back: one fork/join per step (two in the backward), and
 // no thread waits on another inside a step. Products go through ATen (MKL / oneDNN), except thin
 // ones, which take a small kernel in this file (see "thin matrix products").
 //
 // The left operand of the product is an im2col buffer X[s] of shape
-// [B, P, K, M]: row (b, p), tap k holds Hcat[b, p + 1 - d_up + k] (zero outside 0..P). The
-// pointwise loop writes each new hidden row straight into the K slots of X[s+1] that read it, so
-// there is no separate im2col pass, and X over all steps is exactly what the weight gradient needs:
-// dW = X^T dA, one large product after the backward loop.
+// [B, N, KK, M]: row (b, n), tap t holds the Hcat row that tap reads (zero outside the input and the
+// hidden rows). The pointwise loop writes each new hidden row straight into the slots of X[s+1] that
+// read it, so there is no separate im2col pass, and X over all steps is exactly what the weight
+// gradient needs: dW = X^T dA, one large product after the backward loop.
 //
-// Saved for backward: X [S, B, P, K, M] and the products A [S, B*P, G] (bias_h not yet added; (4)
-// adds it as it reads a row) in the matmul dtype, the cells C [S+1, B, P, M] in the accumulation
+// Saved for backward: X [S, B, N, KK, M] and the products A [S, B*N, G] (bias_h not yet added; (4)
+// adds it as it reads a row) in the matmul dtype, the cells C [S+1, B, N, M] in the accumulation
 // dtype (float for bfloat16). The pointwise values are recomputed from A in the backward loop,
 // which costs less than storing them.
 
@@ -111,17 +116,30 @@ struct Act<double> {
   static TLSTM_INLINE double tanh(double x) { return std::tanh(x); }
 };
 
-// ---- sizes --------------------------------------------------------------------------------------
+// ---- sizes and index tables ---------------------------------------------------------------------
+// A slot is one (location, tap) pair of X's rows: slot = n * KK + t.
 struct Dims {
   int64_t B, T, R, M, P, K, G, S, L, d_up;
+  int64_t dims;  // 2: the tLSTM; 3: the 3D tLSTM
+  int64_t N;     // locations: P, or P*P
+  int64_t KK;    // taps per location: K, or K*K
   bool mem_conv, cn;
+  // cell_src[slot]: the location whose previous cell tap t of location n reads in (6) (replicate
+  // padding in each dimension).
+  std::vector<int64_t> cell_src;
+  // The slots whose tap reads hidden location j (Hcat row j + 1, in 3D Hcat[p1 + 1, p2 + 1]):
+  // hidden_slots[hidden_off[j] .. hidden_off[j + 1]), in tap order.
+  std::vector<int64_t> hidden_off, hidden_slots;
+  // The slots whose tap reads the input row (Hcat row 0, in 3D Hcat[0, 0]), in tap order.
+  std::vector<int64_t> input_slots;
+  // The slots whose memory convolution reads location j's cell: cell_users[cell_off[j] .. cell_off[j + 1]),
+  // in slot order.
+  std::vector<int64_t> cell_off, cell_users;
 
-  // Location whose previous cell tap k of location p reads in (6): replicate padding.
-  int64_t cell_source(int64_t p, int64_t k) const { return std::min(std::max(p - d_up + k, int64_t(0)), P - 1); }
   bool small_steps() const;
-  // Rows of one step handed to one thread (at::parallel_for's grain): all B*P rows (the step runs on
+  // Rows of one step handed to one thread (at::parallel_for's grain): all B*N rows (the step runs on
   // the calling thread) for small steps, else one block per thread.
-  int64_t row_grain() const { return small_steps() ? B * P : (B * P + at::get_num_threads() - 1) / at::get_num_threads(); }
+  int64_t row_grain() const { return small_steps() ? B * N : (B * N + at::get_num_threads() - 1) / at::get_num_threads(); }
 };
 
 // Below this many FLOPs in a step's convolution product the step runs on one thread: the fork/join
@@ -130,7 +148,7 @@ struct Dims {
 // B = 1, M = 64, P = 8), 1.08x at 0.2 MFLOP (B = 1, M = 32, P = 8), 0.83-1.06x below 0.1 MFLOP.
 constexpr double kParallelStepFlops = 2e5;
 
-bool Dims::small_steps() const { return 2.0 * double(B * P) * double(K * M) * double(G) < kParallelStepFlops; }
+bool Dims::small_steps() const { return 2.0 * double(B * N) * double(KK * M) * double(G) < kParallelStepFlops; }
 
 // Small steps run on one thread, matrix products included: left at PyTorch's thread count, MKL
 // would split each tiny product itself (at [1, 192] x [192, 259]: 11 us on two threads against
@@ -155,21 +173,87 @@ class SmallStepThreadGuard {
   int previous_ = 0;
 };
 
+// Hcat index of tap k of location p along one dimension: 0 the input row or column, 1..P the hidden
+// locations 0..P-1, anything else reads zero.
+inline int64_t hcat_index(const Dims& d, int64_t p, int64_t k) { return p + 1 - d.d_up + k; }
+inline int64_t clamp_location(const Dims& d, int64_t i) { return std::min(std::max(i, int64_t(0)), d.P - 1); }
+
+// The index tables of Dims. What each slot reads: -1 the input row, -2 zero, j >= 0 hidden location j.
+void build_tables(Dims& d) {
+  const int64_t N = d.N, KK = d.KK, P = d.P, K = d.K;
+  std::vector<int64_t> reads(static_cast<size_t>(N * KK));
+  d.cell_src.assign(static_cast<size_t>(N * KK), 0);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t t = 0; t < KK; ++t) {
+      int64_t src, cell;
+      if (d.dims == 2) {
+        const int64_t i = hcat_index(d, n, t);
+        src = i == 0 ? -1 : (i >= 1 && i <= P ? i - 1 : -2);
+        cell = clamp_location(d, n - d.d_up + t);
+      } else {  // Hcat[0, 0] is the input; the rest of row 0 and column 0 is zero
+        const int64_t p1 = n / P, p2 = n % P, k1 = t / K, k2 = t % K;
+        const int64_t i1 = hcat_index(d, p1, k1), i2 = hcat_index(d, p2, k2);
+        const bool hidden = i1 >= 1 && i1 <= P && i2 >= 1 && i2 <= P;
+        src = (i1 == 0 && i2 == 0) ? -1 : (hidden ? (i1 - 1) * P + (i2 - 1) : -2);
+        cell = clamp_location(d, p1 - d.d_up + k1) * P + clamp_location(d, p2 - d.d_up + k2);
+      }
+      reads[n * KK + t] = src;
+      d.cell_src[n * KK + t] = cell;
+    }
+  }
+  // Inverse maps as compressed lists. Tap-major for the hidden rows and the input (in 2D the slots of
+  // one hidden row come in tap order), slot order for the cells.
+  d.hidden_off.assign(static_cast<size_t>(N + 1), 0);
+  d.cell_off.assign(static_cast<size_t>(N + 1), 0);
+  for (int64_t slot = 0; slot < N * KK; ++slot) {
+    if (reads[slot] >= 0) ++d.hidden_off[reads[slot] + 1];
+    ++d.cell_off[d.cell_src[slot] + 1];
+  }
+  for (int64_t j = 0; j < N; ++j) {
+    d.hidden_off[j + 1] += d.hidden_off[j];
+    d.cell_off[j + 1] += d.cell_off[j];
+  }
+  d.hidden_slots.assign(static_cast<size_t>(d.hidden_off[N]), 0);
+  d.cell_users.assign(static_cast<size_t>(N * KK), 0);
+  d.input_slots.clear();
+  std::vector<int64_t> fill(d.hidden_off.begin(), d.hidden_off.end() - 1);
+  for (int64_t t = 0; t < KK; ++t) {
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t slot = n * KK + t;
+      if (reads[slot] >= 0) d.hidden_slots[fill[reads[slot]]++] = slot;
+      else if (reads[slot] == -1) d.input_slots.push_back(slot);
+    }
+  }
+  fill.assign(d.cell_off.begin(), d.cell_off.end() - 1);
+  for (int64_t slot = 0; slot < N * KK; ++slot) d.cell_users[fill[d.cell_src[slot]]++] = slot;
+}
+
+// Sizes from the inputs: dims from weight_h's rank (checked by check_inputs).
 Dims make_dims(const at::Tensor& x, const at::Tensor& weight_h, int64_t tensor_size, bool mem_conv, bool cn) {
   Dims d{};
+  d.dims = weight_h.dim() - 1;
   d.B = x.size(0);
   d.T = x.size(1);
   d.R = x.size(2);
   d.K = weight_h.size(0);
-  d.M = weight_h.size(1);
-  d.G = weight_h.size(2);
+  d.M = weight_h.size(-2);
+  d.G = weight_h.size(-1);
   d.P = tensor_size;
+  d.N = d.dims == 3 ? d.P * d.P : d.P;
+  d.KK = d.dims == 3 ? d.K * d.K : d.K;
   d.d_up = d.K / 2;
   d.L = (d.P + d.d_up - 1) / d.d_up;
   d.S = d.T + d.L - 1;
   d.mem_conv = mem_conv;
   d.cn = cn;
+  build_tables(d);
   return d;
+}
+
+// The state's shape: [B, P, M], or [B, P, P, M] for the 3D tLSTM.
+std::vector<int64_t> state_shape(const Dims& d) {
+  if (d.dims == 3) return {d.B, d.P, d.P, d.M};
+  return {d.B, d.P, d.M};
 }
 
 // Channel-normalization parameters, in the accumulation dtype.
@@ -181,19 +265,19 @@ struct CnParams {
   const acc_t* c_bias = nullptr;    // [M]
 };
 
-// Everything steps (4)-(8) compute for one (b, p) row; the backward recomputes it from A.
+// Everything steps (4)-(8) compute for one (b, n) row; the backward recomputes it from A.
 template <typename acc_t>
 struct RowState {
   std::vector<acc_t> buf;
   acc_t *pre, *gate, *norm_a, *q, *c_conv, *c_new, *norm_c, *tanh_c, *h;
   acc_t rstd_a = 0, rstd_c = 0;
 
-  explicit RowState(const Dims& d) : buf(static_cast<size_t>(d.G + 4 * d.M + 4 * d.M + d.K + 5 * d.M + 8)) {
+  explicit RowState(const Dims& d) : buf(static_cast<size_t>(d.G + 4 * d.M + 4 * d.M + d.KK + 5 * d.M + 8)) {
     acc_t* ptr = buf.data();
     pre = ptr;     ptr += d.G;      // [G] pre-activations, gates after CN
     gate = ptr;    ptr += 4 * d.M;  // [4M] g, i, f, o after tanh / sigmoid
     norm_a = ptr;  ptr += 4 * d.M;  // [4M] normalized gate pre-activations (CN)
-    q = ptr;       ptr += d.K;      // [K] memory kernel
+    q = ptr;       ptr += d.KK;     // [KK] memory kernel
     c_conv = ptr;  ptr += d.M;      // [M] (6)
     c_new = ptr;   ptr += d.M;      // [M] (7)
     norm_c = ptr;  ptr += d.M;      // [M] normalized cell (CN)
@@ -214,13 +298,13 @@ inline void moments(const acc_t* z, int64_t n, acc_t& mean, acc_t& rstd) {
   rstd = acc_t(1) / std::sqrt(var + acc_t(kCnEps));
 }
 
-// Steps (4)-(8) for row (b, p): a_row is A[b, p] ([G], the product without bias), bias bias_h in
-// the accumulation dtype, c_prev the sample's previous cells [P, M].
+// Steps (4)-(8) for row (b, n): a_row is A[b, n] ([G], the product without bias), bias bias_h in
+// the accumulation dtype, c_prev the sample's previous cells [N, M].
 template <typename scalar_t, typename acc_t>
-inline void row_forward(const Dims& d, const scalar_t* a_row, const acc_t* bias, const acc_t* c_prev, int64_t p,
+inline void row_forward(const Dims& d, const scalar_t* a_row, const acc_t* bias, const acc_t* c_prev, int64_t n,
                         const CnParams<acc_t>& cn, RowState<acc_t>& st) {
   using A = Act<acc_t>;
-  const int64_t M = d.M, M4 = 4 * d.M;
+  const int64_t M = d.M, M4 = 4 * d.M, KK = d.KK;
   acc_t* pre = st.pre;
   for (int64_t j = 0; j < d.G; ++j) pre[j] = static_cast<acc_t>(a_row[j]) + bias[j];
   if (d.cn) {  // (4) CN over the 4M gate pre-activations of this row
@@ -234,21 +318,22 @@ inline void row_forward(const Dims& d, const scalar_t* a_row, const acc_t* bias,
   acc_t *g = st.gate, *i = st.gate + M, *f = st.gate + 2 * M, *o = st.gate + 3 * M;
   for (int64_t m = 0; m < M; ++m) g[m] = A::tanh(pre[m]);  // (5)
   for (int64_t m = 0; m < 3 * M; ++m) i[m] = A::sigmoid(pre[M + m]);  // i, f, o are contiguous
-  if (d.mem_conv) {  // (5) softmax over K, (6) memory-cell convolution with replicate padding
+  if (d.mem_conv) {  // (5) softmax over the KK taps, (6) memory-cell convolution with replicate padding
     const acc_t* logits = pre + M4;
+    const int64_t* cells = d.cell_src.data() + n * KK;
     acc_t top = logits[0];
-    for (int64_t k = 1; k < d.K; ++k) top = std::max(top, logits[k]);
+    for (int64_t k = 1; k < KK; ++k) top = std::max(top, logits[k]);
     acc_t total = 0;
-    for (int64_t k = 0; k < d.K; ++k) total += (st.q[k] = A::exp(logits[k] - top));
-    for (int64_t k = 0; k < d.K; ++k) st.q[k] /= total;
+    for (int64_t k = 0; k < KK; ++k) total += (st.q[k] = A::exp(logits[k] - top));
+    for (int64_t k = 0; k < KK; ++k) st.q[k] /= total;
     for (int64_t m = 0; m < M; ++m) st.c_conv[m] = 0;
-    for (int64_t k = 0; k < d.K; ++k) {
+    for (int64_t k = 0; k < KK; ++k) {
       const acc_t qk = st.q[k];
-      const acc_t* src = c_prev + d.cell_source(p, k) * M;
+      const acc_t* src = c_prev + cells[k] * M;
       for (int64_t m = 0; m < M; ++m) st.c_conv[m] += qk * src[m];
     }
   } else {
-    std::copy(c_prev + p * M, c_prev + (p + 1) * M, st.c_conv);
+    std::copy(c_prev + n * M, c_prev + (n + 1) * M, st.c_conv);
   }
   for (int64_t m = 0; m < M; ++m) st.c_new[m] = g[m] * i[m] + st.c_conv[m] * f[m];  // (7)
   if (d.cn) {  // (8) with CN on the cell
@@ -283,12 +368,12 @@ inline void cn_backward(int64_t n, const acc_t* __restrict norm, acc_t rstd, con
   for (int64_t j = 0; j < n; ++j) grad[j] = rstd * (scratch[j] - mean_dn - norm[j] * mean_dn_n);
 }
 
-// Gradients of steps (4)-(8) for row (b, p), given st from row_forward and the gradients dh of
+// Gradients of steps (4)-(8) for row (b, n), given st from row_forward and the gradients dh of
 // h_new and dc of c_new (dc is used as scratch). Writes dpre [G], the gradient of A's row; dcv [M],
-// of Cconv; q_out [K], the memory kernel the cell-gradient gather needs; and, with CN, adds this
+// of Cconv; q_out [KK], the memory kernel the cell-gradient gather needs; and, with CN, adds this
 // step's parameter gradients to cn_acc [a_weight 4M | a_bias 4M | c_weight M | c_bias M].
 template <typename acc_t>
-inline void row_backward(const Dims& d, const acc_t* c_prev, int64_t p, const CnParams<acc_t>& cn,
+inline void row_backward(const Dims& d, const acc_t* c_prev, int64_t n, const CnParams<acc_t>& cn,
                          const RowState<acc_t>& st, const acc_t* __restrict dh, acc_t* __restrict dc,
                          acc_t* __restrict dpre, acc_t* __restrict scratch, acc_t* __restrict dcv,
                          acc_t* __restrict q_out, acc_t* __restrict cn_acc) {
@@ -319,16 +404,17 @@ inline void row_backward(const Dims& d, const acc_t* c_prev, int64_t p, const Cn
   }
   if (d.mem_conv) {  // (6) and the softmax of (5)
     acc_t* dq = dpre + M4;
+    const int64_t* cells = d.cell_src.data() + n * d.KK;
     acc_t weighted = 0;
-    for (int64_t k = 0; k < d.K; ++k) {
-      const acc_t* __restrict src = c_prev + d.cell_source(p, k) * M;
+    for (int64_t k = 0; k < d.KK; ++k) {
+      const acc_t* __restrict src = c_prev + cells[k] * M;
       acc_t sum = 0;
       for (int64_t m = 0; m < M; ++m) sum += dcv[m] * src[m];
       dq[k] = sum;
       weighted += st.q[k] * sum;
       q_out[k] = st.q[k];
     }
-    for (int64_t k = 0; k < d.K; ++k) dq[k] = st.q[k] * (dq[k] - weighted);
+    for (int64_t k = 0; k < d.KK; ++k) dq[k] = st.q[k] * (dq[k] - weighted);
   }
   if (d.cn) cn_backward<acc_t>(M4, st.norm_a, st.rstd_a, cn.a_weight, dpre, scratch, cn_acc, cn_acc + M4);  // (4)
 }
@@ -349,17 +435,41 @@ CnParams<acc_t> cn_params(const Dims& d, std::vector<at::Tensor>& keep, const st
   return cn;
 }
 
-void check_inputs(const at::Tensor& x, const at::Tensor& weight_x, const at::Tensor& weight_h, int64_t tensor_size) {
+// Shapes shared by the forward and the backward. weight_h's rank says which model: [K, M, G] the
+// tLSTM, [K, K, M, G] the 3D tLSTM.
+void check_inputs(const at::Tensor& x, const at::Tensor& weight_x, const at::Tensor& weight_h, const at::Tensor& bias_h,
+                  int64_t tensor_size, bool mem_conv) {
   TORCH_CHECK(x.device().is_cpu(), "the cpp backend runs on CPU tensors, got x on ", x.device());
   TORCH_CHECK(x.dim() == 3, "x must be [B, T, R], got ", x.sizes());
-  TORCH_CHECK(weight_h.dim() == 3 && weight_h.size(0) >= 2, "weight_h must be [K, M, G] with K >= 2, got ", weight_h.sizes());
-  TORCH_CHECK(weight_x.dim() == 2 && weight_x.size(0) == x.size(2) && weight_x.size(1) == weight_h.size(1),
-              "weight_x must be [R, M] = [", x.size(2), ", ", weight_h.size(1), "], got ", weight_x.sizes());
+  TORCH_CHECK(weight_h.dim() == 3 || weight_h.dim() == 4,
+              "weight_h must be [K, M, G] (tLSTM) or [K, K, M, G] (3D tLSTM), got ", weight_h.sizes());
+  const bool three_d = weight_h.dim() == 4;
+  const int64_t K = weight_h.size(0), M = weight_h.size(-2), G = weight_h.size(-1);
+  const int64_t taps = three_d ? K * K : K, want_g = 4 * M + (mem_conv ? taps : 0);
+  if (three_d) {
+    TORCH_CHECK(K >= 2 && weight_h.size(1) == K && G == want_g, "weight_h must be [K, K, M, G] with K >= 2 and G = 4M",
+                mem_conv ? " + K*K" : "", " (3D tLSTM, mem_conv=", mem_conv ? "True" : "False", "): [", K, ", ", K,
+                ", ", M, ", ", want_g, "] for K = ", K, ", M = ", M, "; got ", weight_h.sizes());
+  } else {
+    TORCH_CHECK(K >= 2 && G == want_g, "weight_h must be [K, M, G] with K >= 2 and G = 4M", mem_conv ? " + K" : "",
+                " (mem_conv=", mem_conv ? "True" : "False", "): [", K, ", ", M, ", ", want_g, "] for K = ", K,
+                ", M = ", M, "; got ", weight_h.sizes());
+  }
+  TORCH_CHECK(bias_h.dim() == 1 && bias_h.size(0) == G, "bias_h must be [G] = [", G, "], got ", bias_h.sizes());
+  TORCH_CHECK(weight_x.dim() == 2 && weight_x.size(0) == x.size(2) && weight_x.size(1) == M,
+              "weight_x must be [R, M] = [", x.size(2), ", ", M, "], got ", weight_x.sizes());
   TORCH_CHECK(tensor_size >= 1, "tensor_size must be >= 1, got ", tensor_size);
 }
 
+// A state tensor (h0, c0, or the gradient of the final h, c) must have the state's shape.
+void check_state(const char* name, const at::Tensor& t, const Dims& d) {
+  const std::vector<int64_t> want = state_shape(d);
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(want), name, " must be ", d.dims == 3 ? "[B, P, P, M]" : "[B, P, M]", " = ",
+              at::IntArrayRef(want), ", got ", t.sizes());
+}
+
 // ---- thin matrix products ------------------------------------------------------------------------
-// A step's products have few rows (B*P, split between threads) against a weight matrix that stays
+// A step's products have few rows (B*N, split between threads) against a weight matrix that stays
 // the same for the whole sequence. MKL re-packs the weight on every call and reaches 20-60% of this
 // CPU's FMA peak on such shapes, one thread each (measured on this project's 2-core AMD EPYC, where
 // a plain FMA loop runs at 105 GFLOP/s per core):
@@ -500,18 +610,20 @@ bool use_thin_gemm(int64_t rows_per_thread) {
 }
 
 // ---- forward ------------------------------------------------------------------------------------
-// Returns y [B, T, M], h [B, P, M], c [B, P, M] and, with keep_state, X, A, C for the backward.
+// Returns y [B, T, M], h and c (the state's shape: [B, P, M], or [B, P, P, M]) and, with keep_state,
+// X, A, C for the backward.
 std::vector<at::Tensor> forward(const at::Tensor& x_in, const at::Tensor& h0_in, const at::Tensor& c0_in,
                                 const at::Tensor& weight_x, const at::Tensor& bias_x, const at::Tensor& weight_h,
                                 const at::Tensor& bias_h, const std::optional<at::Tensor>& cn_a_weight,
                                 const std::optional<at::Tensor>& cn_a_bias, const std::optional<at::Tensor>& cn_c_weight,
                                 const std::optional<at::Tensor>& cn_c_bias, int64_t tensor_size, bool mem_conv,
                                 bool keep_state) {
-  check_inputs(x_in, weight_x, weight_h, tensor_size);
+  check_inputs(x_in, weight_x, weight_h, bias_h, tensor_size, mem_conv);
   const Dims d = make_dims(x_in, weight_h, tensor_size, mem_conv, cn_a_weight.has_value());
+  check_state("h0", h0_in, d);
+  check_state("c0", c0_in, d);
+  TORCH_CHECK(bias_x.dim() == 1 && bias_x.size(0) == d.M, "bias_x must be [M] = [", d.M, "], got ", bias_x.sizes());
   const SmallStepThreadGuard threads(d);
-  TORCH_CHECK(d.G == 4 * d.M + (mem_conv ? d.K : 0), "weight_h's last dim must be G = 4M", mem_conv ? " + K" : "",
-              " = ", 4 * d.M + (mem_conv ? d.K : 0), ", got ", d.G);
   const at::Tensor x = x_in.contiguous();
   const auto opts = x.options();
   std::vector<at::Tensor> outputs;
@@ -519,12 +631,12 @@ std::vector<at::Tensor> forward(const at::Tensor& x_in, const at::Tensor& h0_in,
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "tlstm_fused_cpu_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_opts = opts.dtype(c10::CppTypeToScalarType<acc_t>::value);
-    const int64_t B = d.B, T = d.T, M = d.M, P = d.P, K = d.K, G = d.G, S = d.S, L = d.L;
-    const int64_t KM = K * M, PKM = P * K * M;
+    const int64_t B = d.B, T = d.T, M = d.M, N = d.N, KK = d.KK, G = d.G, S = d.S, L = d.L;
+    const int64_t KM = KK * M, NKM = N * KK * M;  // one row of X; one sample's rows
     std::vector<at::Tensor> keep;
     const CnParams<acc_t> cn = cn_params<acc_t>(d, keep, cn_a_weight, cn_a_bias, cn_c_weight, cn_c_bias);
     // Detached: the products run on at::parallel_for threads, where grad mode is on by default.
-    const at::Tensor w2d = weight_h.detach().contiguous().view({KM, G});  // [K*M, G]
+    const at::Tensor w2d = weight_h.detach().contiguous().view({KM, G});  // [KK*M, G], rows tap-major
     const at::Tensor bh = bias_h.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t* bh_ptr = bh.data_ptr<acc_t>();
 
@@ -534,35 +646,34 @@ std::vector<at::Tensor> forward(const at::Tensor& x_in, const at::Tensor& h0_in,
 
     // Without a backward, two X slices and C slices (ping-pong) and one A slice suffice.
     const int64_t nx = keep_state ? S : 2, na = keep_state ? S : 1, nc = keep_state ? S + 1 : 2;
-    at::Tensor X = at::zeros({nx, B, P, K, M}, opts);  // zero = taps outside rows 0..P; never written
-    at::Tensor Abuf = at::empty({na, B * P, G}, opts);
-    at::Tensor C = at::empty({nc, B, P, M}, acc_opts);
+    at::Tensor X = at::zeros({nx, B, N, KK, M}, opts);  // zero = taps reading zero rows; never written
+    at::Tensor Abuf = at::empty({na, B * N, G}, opts);
+    at::Tensor C = at::empty({nc, B, N, M}, acc_opts);
     at::Tensor y = at::empty({B, T, M}, opts);
-    at::Tensor h_out = at::empty({B, P, M}, opts);
+    at::Tensor h_out = at::empty(state_shape(d), opts);
     auto xs = [&](int64_t s) { return keep_state ? s : s % 2; };
     auto cs = [&](int64_t s) { return keep_state ? s : s % 2; };
     scalar_t* X_ptr = X.data_ptr<scalar_t>();
     scalar_t* Abuf_ptr = Abuf.data_ptr<scalar_t>();
     const scalar_t* z_ptr = z.data_ptr<scalar_t>();
     const scalar_t* bx_ptr = bx.data_ptr<scalar_t>();
+    const int64_t* input_slots = d.input_slots.data();
+    const int64_t n_input_slots = static_cast<int64_t>(d.input_slots.size());
+    const int64_t* hidden_off = d.hidden_off.data();
+    const int64_t* hidden_slots = d.hidden_slots.data();
 
-    // Row 0 of Hcat (the projected input) goes to location p' = d_up - 1 - k, tap k.
+    // The projected input (Hcat row 0; Hcat[0, 0] in 3D) goes to the slots that read it.
     auto write_input_row = [&](int64_t s) {
-      scalar_t* Xs = X_ptr + xs(s) * B * PKM;
+      scalar_t* Xs = X_ptr + xs(s) * B * NKM;
       for (int64_t b = 0; b < B; ++b) {
         const scalar_t* src = s < T ? z_ptr + (b * T + s) * M : bx_ptr;
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t pp = d.d_up - 1 - k;
-          if (pp >= 0 && pp < P) std::copy(src, src + M, Xs + b * PKM + (pp * K + k) * M);
-        }
+        for (int64_t e = 0; e < n_input_slots; ++e) std::copy(src, src + M, Xs + b * NKM + input_slots[e] * M);
       }
     };
-    // Hidden row p (Hcat row p + 1) goes to location p' = p + d_up - k, tap k.
-    auto write_hidden_row = [&](scalar_t* Xs_b, int64_t p, const acc_t* h) {
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t pp = p + d.d_up - k;
-        if (pp < 0 || pp >= P) continue;
-        scalar_t* dst = Xs_b + (pp * K + k) * M;
+    // Hidden row j of a sample goes to the slots that read it (in 2D: location j + d_up - k, tap k).
+    auto write_hidden_row = [&](scalar_t* Xs_b, int64_t j, const acc_t* h) {
+      for (int64_t e = hidden_off[j]; e < hidden_off[j + 1]; ++e) {
+        scalar_t* dst = Xs_b + hidden_slots[e] * M;
         for (int64_t m = 0; m < M; ++m) dst[m] = static_cast<scalar_t>(h[m]);
       }
     };
@@ -570,10 +681,10 @@ std::vector<at::Tensor> forward(const at::Tensor& x_in, const at::Tensor& h0_in,
     {  // initial state: h0 into X[0], c0 into C[0]
       const at::Tensor h0 = h0_in.to(x.scalar_type()).contiguous();
       const at::Tensor h0_acc = h0.to(acc_opts.dtype());
-      C.select(0, 0).copy_(c0_in);
+      C.select(0, 0).copy_(c0_in.reshape({B, N, M}));
       const acc_t* h0p = h0_acc.data_ptr<acc_t>();
       for (int64_t b = 0; b < B; ++b)
-        for (int64_t p = 0; p < P; ++p) write_hidden_row(X_ptr + b * PKM, p, h0p + (b * P + p) * M);
+        for (int64_t j = 0; j < N; ++j) write_hidden_row(X_ptr + b * NKM, j, h0p + (b * N + j) * M);
     }
     if (keep_state) at::parallel_for(0, S, 1, [&](int64_t s0, int64_t s1) { for (int64_t s = s0; s < s1; ++s) write_input_row(s); });
 
@@ -586,16 +697,16 @@ std::vector<at::Tensor> forward(const at::Tensor& x_in, const at::Tensor& h0_in,
     const PackedWeight* packed_ptr = packed.data ? &packed : nullptr;
     for (int64_t s = 0; s < S; ++s) {
       if (!keep_state) write_input_row(s);
-      scalar_t* A_ptr = Abuf_ptr + (keep_state ? s : 0) * B * P * G;  // A[s], [B*P, G]
-      const scalar_t* X_s = X_ptr + xs(s) * B * PKM;                     // X[s], [B*P, K*M]
-      const acc_t* c_prev_all = C_ptr + cs(s) * B * P * M;
-      acc_t* c_next_all = C_ptr + cs(s + 1) * B * P * M;
-      scalar_t* X_next = X_ptr + xs(s + 1) * B * PKM;
-      at::parallel_for(0, B * P, grain, [&](int64_t r0, int64_t r1) {
+      scalar_t* A_ptr = Abuf_ptr + (keep_state ? s : 0) * B * N * G;  // A[s], [B*N, G]
+      const scalar_t* X_s = X_ptr + xs(s) * B * NKM;                     // X[s], [B*N, KK*M]
+      const acc_t* c_prev_all = C_ptr + cs(s) * B * N * M;
+      acc_t* c_next_all = C_ptr + cs(s + 1) * B * N * M;
+      scalar_t* X_next = X_ptr + xs(s + 1) * B * NKM;
+      at::parallel_for(0, B * N, grain, [&](int64_t r0, int64_t r1) {
         // Named ranges for the profiler (tlstm-bench profile); free when no profiler is running.
         std::optional<PhaseRange> phase;
         phase.emplace("tlstm_fused::forward_product");
-        // (3) the cross-layer convolution for these rows: [r1 - r0, K*M] x [K*M, G].
+        // (3) the cross-layer convolution for these rows: [r1 - r0, KK*M] x [KK*M, G].
         step_product<scalar_t>(X_s + r0 * KM, KM, r1 - r0, w2d, packed_ptr, A_ptr + r0 * G, G);
         phase.reset();
         phase.emplace("tlstm_fused::forward_pointwise");
@@ -603,19 +714,19 @@ std::vector<at::Tensor> forward(const at::Tensor& x_in, const at::Tensor& h0_in,
         // which nothing reads before the next step.
         RowState<acc_t> st(d);
         for (int64_t r = r0; r < r1; ++r) {
-          const int64_t b = r / P, p = r % P;
-          row_forward<scalar_t, acc_t>(d, A_ptr + r * G, bh_ptr, c_prev_all + b * P * M, p, cn, st);
+          const int64_t b = r / N, n = r % N;
+          row_forward<scalar_t, acc_t>(d, A_ptr + r * G, bh_ptr, c_prev_all + b * N * M, n, cn, st);
           std::copy(st.c_new, st.c_new + M, c_next_all + r * M);
-          if (s + 1 < S) write_hidden_row(X_next + b * PKM, p, st.h);
+          if (s + 1 < S) write_hidden_row(X_next + b * NKM, n, st.h);
           else for (int64_t m = 0; m < M; ++m) hout_ptr[r * M + m] = static_cast<scalar_t>(st.h[m]);
-          if (p == P - 1 && s >= L - 1) {  // (9) the output for input s - (L-1)
+          if (n == N - 1 && s >= L - 1) {  // (9) the output for input s - (L-1), at the last location
             scalar_t* dst = y_ptr + (b * T + s - (L - 1)) * M;
             for (int64_t m = 0; m < M; ++m) dst[m] = static_cast<scalar_t>(st.h[m]);
           }
         }
       });
     }
-    at::Tensor c_out = C.select(0, cs(S)).to(x.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+    at::Tensor c_out = C.select(0, cs(S)).to(x.scalar_type(), /*non_blocking=*/false, /*copy=*/true).view(state_shape(d));
     outputs = {y, h_out, c_out};
     if (keep_state) outputs.insert(outputs.end(), {X, Abuf, C});
   });
@@ -632,9 +743,14 @@ std::vector<at::Tensor> backward(const at::Tensor& dy_in, const at::Tensor& dh_i
                                  const std::optional<at::Tensor>& cn_c_weight, const std::optional<at::Tensor>& cn_c_bias,
                                  const at::Tensor& X, const at::Tensor& Abuf, const at::Tensor& C, int64_t tensor_size,
                                  bool mem_conv) {
-  check_inputs(x_in, weight_x, weight_h, tensor_size);
+  check_inputs(x_in, weight_x, weight_h, bias_h, tensor_size, mem_conv);
   TORCH_CHECK(X.is_contiguous() && Abuf.is_contiguous() && C.is_contiguous(), "X, A, C must be the forward's own buffers");
   const Dims d = make_dims(x_in, weight_h, tensor_size, mem_conv, cn_a_weight.has_value());
+  check_state("the gradient of h", dh_in, d);
+  check_state("the gradient of c", dc_in, d);
+  TORCH_CHECK(X.numel() == d.S * d.B * d.N * d.KK * d.M && Abuf.numel() == d.S * d.B * d.N * d.G &&
+                  C.numel() == (d.S + 1) * d.B * d.N * d.M,
+              "X, A, C must be the forward's own buffers (saved with keep_state) for these sizes");
   const at::Tensor x = x_in.contiguous();
   const auto opts = x.options();
   std::vector<at::Tensor> grads;
@@ -643,27 +759,27 @@ std::vector<at::Tensor> backward(const at::Tensor& dy_in, const at::Tensor& dh_i
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
     const auto acc_opts = opts.dtype(acc_type);
-    const int64_t B = d.B, T = d.T, M = d.M, P = d.P, K = d.K, G = d.G, S = d.S, L = d.L, M4 = 4 * M;
-    const int64_t KM = K * M, PKM = P * K * M;
+    const int64_t B = d.B, T = d.T, M = d.M, N = d.N, KK = d.KK, G = d.G, S = d.S, L = d.L, M4 = 4 * M;
+    const int64_t KM = KK * M, NKM = N * KK * M;  // one row of X; one sample's rows
     std::vector<at::Tensor> keep;
     const CnParams<acc_t> cn = cn_params<acc_t>(d, keep, cn_a_weight, cn_a_bias, cn_c_weight, cn_c_bias);
     // Detached: the products run on at::parallel_for threads, where grad mode is on by default.
-    const at::Tensor w2d = weight_h.detach().contiguous().view({KM, G});  // [K*M, G]
-    const at::Tensor w2d_t = w2d.t();                             // [G, K*M], a view
+    const at::Tensor w2d = weight_h.detach().contiguous().view({KM, G});  // [KK*M, G]
+    const at::Tensor w2d_t = w2d.t();                             // [G, KK*M], a view
     const at::Tensor bh = bias_h.to(acc_type).contiguous();
     const acc_t* bh_ptr = bh.data_ptr<acc_t>();
 
     const at::Tensor dy = dy_in.to(acc_type).contiguous();        // [B, T, M]
-    const at::Tensor dh_last = dh_in.to(acc_type).contiguous();   // [B, P, M]
-    at::Tensor dc_carry = dc_in.to(acc_type, false, true).contiguous();  // [B, P, M] gradient of the current cell
-    at::Tensor dA = at::empty({S, B * P, G}, opts);               // gradient of the pre-activations, every step
-    at::Tensor dX = at::empty({B * P, KM}, opts);                 // gradient of X[s+1] = dA[s+1] W^T
+    const at::Tensor dh_last = dh_in.to(acc_type).contiguous();   // [B, N, M]
+    at::Tensor dc_carry = dc_in.to(acc_type, false, true).contiguous();  // [B, N, M] gradient of the current cell
+    at::Tensor dA = at::empty({S, B * N, G}, opts);               // gradient of the pre-activations, every step
+    at::Tensor dX = at::empty({B * N, KM}, opts);                 // gradient of X[s+1] = dA[s+1] W^T
     at::Tensor dz = at::zeros({B, S, M}, acc_opts);               // gradient of the projected input rows
-    at::Tensor dc_conv = at::empty({B, P, M}, acc_opts);          // gradient of Cconv (6), this step
-    at::Tensor q_buf = at::empty({B, P, K}, acc_opts);  // memory kernels, this step
+    at::Tensor dc_conv = at::empty({B, N, M}, acc_opts);          // gradient of Cconv (6), this step
+    at::Tensor q_buf = at::empty({B, N, KK}, acc_opts);  // memory kernels, this step
     // CN parameter gradients accumulate per row over the steps (one writer per row: no races, and
     // the sum does not depend on how rows are split between threads), then sum over rows.
-    at::Tensor cn_acc = at::zeros({d.cn ? B * P : 0, 10 * M}, acc_opts);
+    at::Tensor cn_acc = at::zeros({d.cn ? B * N : 0, 10 * M}, acc_opts);
 
     const acc_t* dy_p = dy.data_ptr<acc_t>();
     const acc_t* dh_last_p = dh_last.data_ptr<acc_t>();
@@ -676,29 +792,33 @@ std::vector<at::Tensor> backward(const at::Tensor& dy_in, const at::Tensor& dh_i
     acc_t* q_p = q_buf.data_ptr<acc_t>();
     acc_t* cn_p = d.cn ? cn_acc.data_ptr<acc_t>() : nullptr;
     const acc_t* C_p = C.data_ptr<acc_t>();
+    const int64_t* input_slots = d.input_slots.data();
+    const int64_t n_input_slots = static_cast<int64_t>(d.input_slots.size());
+    const int64_t* hidden_off = d.hidden_off.data();
+    const int64_t* hidden_slots = d.hidden_slots.data();
+    const int64_t* cell_off = d.cell_off.data();
+    const int64_t* cell_users = d.cell_users.data();
 
-    // Gradient of hidden row (b, p) from the K slots of X[s+1] that hold it.
-    auto gather_dh = [&](int64_t b, int64_t p, acc_t* out) {
+    // Gradient of hidden row (b, j) from the slots of X[s+1] that hold it.
+    auto gather_dh = [&](int64_t b, int64_t j, acc_t* out) {
       for (int64_t m = 0; m < M; ++m) out[m] = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t pp = p + d.d_up - k;
-        if (pp < 0 || pp >= P) continue;
-        const scalar_t* src = dX_p + b * PKM + (pp * K + k) * M;
+      for (int64_t e = hidden_off[j]; e < hidden_off[j + 1]; ++e) {
+        const scalar_t* src = dX_p + b * NKM + hidden_slots[e] * M;
         for (int64_t m = 0; m < M; ++m) out[m] += static_cast<acc_t>(src[m]);
       }
     };
 
     const int64_t grain = d.row_grain();
-    PackedWeight packed_t;  // W^T [G, K*M] for dX = dA W^T
+    PackedWeight packed_t;  // W^T [G, KK*M] for dX = dA W^T
     if (use_thin_gemm<scalar_t>(grain)) packed_t = pack_weight(reinterpret_cast<const float*>(w2d.data_ptr()), G, KM, 1, G);
     const PackedWeight* packed_t_ptr = packed_t.data ? &packed_t : nullptr;
     std::optional<SmallStepThreadGuard> step_threads(std::in_place, d);  // the products after the loop use every thread
     for (int64_t s = S - 1; s >= 0; --s) {
-      const scalar_t* A_s = A_p + s * B * P * G;  // [B*P, G]
-      scalar_t* dA_s = dA_p + s * B * P * G;
-      const acc_t* c_prev_all = C_p + s * B * P * M;
+      const scalar_t* A_s = A_p + s * B * N * G;  // [B*N, G]
+      scalar_t* dA_s = dA_p + s * B * N * G;
+      const acc_t* c_prev_all = C_p + s * B * N * M;
       // Pass 1 over rows: recompute (4)-(8), then their gradients back to A and to Cconv.
-      at::parallel_for(0, B * P, grain, [&](int64_t r0, int64_t r1) {
+      at::parallel_for(0, B * N, grain, [&](int64_t r0, int64_t r1) {
         PhaseRange phase("tlstm_fused::backward_pointwise");
         RowState<acc_t> st(d);
         std::vector<acc_t> work(static_cast<size_t>(2 * M + G + M4));
@@ -707,55 +827,51 @@ std::vector<at::Tensor> backward(const at::Tensor& dy_in, const at::Tensor& dh_i
         acc_t* dpre = dc + M;         // [G] gradient of A's row
         acc_t* scratch = dpre + G;    // [4M]
         for (int64_t r = r0; r < r1; ++r) {
-          const int64_t b = r / P, p = r % P;
-          const acc_t* c_prev = c_prev_all + b * P * M;
-          row_forward<scalar_t, acc_t>(d, A_s + r * G, bh_ptr, c_prev, p, cn, st);
+          const int64_t b = r / N, n = r % N;
+          const acc_t* c_prev = c_prev_all + b * N * M;
+          row_forward<scalar_t, acc_t>(d, A_s + r * G, bh_ptr, c_prev, n, cn, st);
           if (s == S - 1) std::copy(dh_last_p + r * M, dh_last_p + (r + 1) * M, dh);
-          else gather_dh(b, p, dh);
-          if (p == P - 1 && s >= L - 1) {
+          else gather_dh(b, n, dh);
+          if (n == N - 1 && s >= L - 1) {
             const acc_t* src = dy_p + (b * T + s - (L - 1)) * M;
             for (int64_t m = 0; m < M; ++m) dh[m] += src[m];
           }
           std::copy(dcc_p + r * M, dcc_p + (r + 1) * M, dc);
-          row_backward<acc_t>(d, c_prev, p, cn, st, dh, dc, dpre, scratch, dcv_p + r * M, q_p + r * K,
+          row_backward<acc_t>(d, c_prev, n, cn, st, dh, dc, dpre, scratch, dcv_p + r * M, q_p + r * KK,
                               d.cn ? cn_p + r * 10 * M : nullptr);
           scalar_t* dst = dA_s + r * G;
           for (int64_t j = 0; j < G; ++j) dst[j] = static_cast<scalar_t>(dpre[j]);
         }
       });
-      // Pass 2 over rows: gradient of the previous cell, gathered from the locations that read it,
-      // and the same rows of the gradient of X[s]: dA[s] W^T, [r1 - r0, G] x [G, K*M].
-      at::parallel_for(0, B * P, grain, [&](int64_t r0, int64_t r1) {
+      // Pass 2 over rows: gradient of the previous cell, gathered from the slots whose memory
+      // convolution read it, and the same rows of the gradient of X[s]: dA[s] W^T, [r1 - r0, G] x [G, KK*M].
+      at::parallel_for(0, B * N, grain, [&](int64_t r0, int64_t r1) {
         std::optional<PhaseRange> phase;
         phase.emplace("tlstm_fused::backward_product");
         step_product<scalar_t>(dA_s + r0 * G, G, r1 - r0, w2d_t, packed_t_ptr, dX_p + r0 * KM, KM);
         phase.reset();
         phase.emplace("tlstm_fused::backward_pointwise");  // the previous cell's gradient
         for (int64_t r = r0; r < r1; ++r) {
-          const int64_t b = r / P, j = r % P;
+          const int64_t b = r / N, j = r % N;
           acc_t* out = dcc_p + r * M;
           if (!d.mem_conv) {
             std::copy(dcv_p + r * M, dcv_p + (r + 1) * M, out);
             continue;
           }
           for (int64_t m = 0; m < M; ++m) out[m] = 0;
-          for (int64_t p = 0; p < P; ++p) {
-            for (int64_t k = 0; k < K; ++k) {
-              if (d.cell_source(p, k) != j) continue;
-              const acc_t qk = q_p[(b * P + p) * K + k];
-              const acc_t* src = dcv_p + (b * P + p) * M;
-              for (int64_t m = 0; m < M; ++m) out[m] += qk * src[m];
-            }
+          for (int64_t e = cell_off[j]; e < cell_off[j + 1]; ++e) {
+            const int64_t slot = cell_users[e];  // location slot / KK, tap slot % KK
+            const acc_t qk = q_p[b * N * KK + slot];
+            const acc_t* src = dcv_p + (b * N + slot / KK) * M;
+            for (int64_t m = 0; m < M; ++m) out[m] += qk * src[m];
           }
         }
       });
       // The input-row slots of the gradient of X[s] give dz[s].
       for (int64_t b = 0; b < B; ++b) {
         acc_t* dst = dz_p + (b * S + s) * M;
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t pp = d.d_up - 1 - k;
-          if (pp < 0 || pp >= P) continue;
-          const scalar_t* src = dX_p + b * PKM + (pp * K + k) * M;
+        for (int64_t e = 0; e < n_input_slots; ++e) {
+          const scalar_t* src = dX_p + b * NKM + input_slots[e] * M;
           for (int64_t m = 0; m < M; ++m) dst[m] += static_cast<acc_t>(src[m]);
         }
       }
@@ -763,21 +879,23 @@ std::vector<at::Tensor> backward(const at::Tensor& dy_in, const at::Tensor& dh_i
 
     step_threads.reset();
 
-    at::Tensor dh0 = at::empty({B, P, M}, acc_opts);
+    at::Tensor dh0 = at::empty({B, N, M}, acc_opts);
     acc_t* dh0_p = dh0.data_ptr<acc_t>();
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t p = 0; p < P; ++p) gather_dh(b, p, dh0_p + (b * P + p) * M);
+      for (int64_t j = 0; j < N; ++j) gather_dh(b, j, dh0_p + (b * N + j) * M);
 
-    // The weight gradient over all steps at once: [K*M, S*B*P] x [S*B*P, G].
-    const at::Tensor dA2d = dA.view({S * B * P, G});
-    at::Tensor d_weight_h = at::mm(X.view({S * B * P, KM}).t(), dA2d).view({K, M, G});
+    // The weight gradient over all steps at once: [KK*M, S*B*N] x [S*B*N, G].
+    const at::Tensor dA2d = dA.view({S * B * N, G});
+    at::Tensor d_weight_h = at::mm(X.view({S * B * N, KM}).t(), dA2d).view(weight_h.sizes());
     at::Tensor d_bias_h = dA2d.sum(0, false, acc_type).to(x.scalar_type());
     // (1): the input rows; padding steps (s >= T) only reach bias_x.
     const at::Tensor dz_in = dz.narrow(1, 0, T).to(x.scalar_type()).reshape({B * T, M});  // [B*T, M]
     at::Tensor dx = at::mm(dz_in, weight_x.t()).view({B, T, d.R});
     at::Tensor d_weight_x = at::mm(x.view({B * T, d.R}).t(), dz_in);
     at::Tensor d_bias_x = dz.sum({0, 1}).to(x.scalar_type());
-    grads = {dx, dh0.to(x.scalar_type()), dc_carry.to(x.scalar_type()), d_weight_x, d_bias_x, d_weight_h, d_bias_h};
+    const std::vector<int64_t> state = state_shape(d);
+    grads = {dx, dh0.to(x.scalar_type()).view(state), dc_carry.to(x.scalar_type()).view(state), d_weight_x, d_bias_x,
+             d_weight_h, d_bias_h};
     if (d.cn) {
       const at::Tensor cn_sum = cn_acc.sum(0).to(x.scalar_type());  // [10M]
       grads.push_back(cn_sum.narrow(0, 0, M4));
