@@ -8,6 +8,9 @@
 - backward: the reverse-time loop in one kernel (recomputing the activations from the saved
   pre-activations), then the weight gradient as one matrix product over all steps.
 
+The 3D tLSTM (``dims=3``: P x P locations, a K x K kernel) runs through the same kernels, its
+locations and taps flattened row-major.
+
 Storage float32, bfloat16 or float16; products accumulate in float32 and the cell state is float32.
 On CPU tensors the kernels run under Triton's interpreter (``TRITON_INTERPRET=1`` set before triton
 is first imported), which is how CI checks them. triton itself is imported only when a kernel runs,
@@ -55,11 +58,11 @@ def tlstm_forward(
     Args:
         module: supplies ``config`` and the parameters (tlstm_naive's names).
         x: [B, T, R], the module's dtype and device.
-        state: optional (h0, c0), each [B, P, M].
+        state: optional (h0, c0), each [B, P, M] ([B, P, P, M] for the 3D tLSTM).
         path: "auto", "persistent" or "per_step" (which forward kernel).
         blocks: tile-size overrides (bb, bn, bk, bkg, kq), powers of two; for tests.
         use_graphs: replay the forward-only per-step path from a CUDA graph (CUDA only).
-    Returns: y [B, T, M] and the final (h, c), each [B, P, M].
+    Returns: y [B, T, M] and the final (h, c), each [B, P, M] ([B, P, P, M] for the 3D tLSTM).
     """
     from . import ops  # imports triton
 
@@ -79,20 +82,22 @@ def tlstm_forward(
     batch, seq_len, _ = x.shape
     if batch < 1 or seq_len < 1:
         raise ValueError(f"x must have batch >= 1 and seq_len >= 1, got shape {list(x.shape)}")
+    dims = getattr(cfg, "dims", 2)
     shp = ops.Shape(batch, seq_len, cfg.input_size, cfg.channels, cfg.tensor_size, cfg.kernel_size, cfg.layers,
-                    cfg.mem_conv, cfg.norm == "cn")
-    ops.check_fits(shp)
+                    cfg.mem_conv, cfg.norm == "cn", dims)
     if path == "auto":
         path = "persistent" if cfg.channels <= ops.PERSISTENT_MAX_CHANNELS else "per_step"
-    chosen = ops.choose_blocks(batch, cfg.channels, cfg.kernel_size, path, shp.cn, blocks)
-    state_shape = (batch, cfg.tensor_size, cfg.channels)
+    ops.check_fits(shp, path)
+    chosen = ops.choose_blocks(batch, cfg.channels, shp.taps, path, shp.cn, blocks)
+    state_shape = shp.state_shape
     if state is None:
         h0 = torch.zeros(state_shape, dtype=dtype, device=x.device)
         c0 = torch.zeros(state_shape, dtype=dtype, device=x.device)
     else:
         h0, c0 = state
         if tuple(h0.shape) != state_shape or tuple(c0.shape) != state_shape:
-            raise ValueError(f"state (h, c) must each have shape {list(state_shape)} [B, P, M], "
+            letters = "[B, P, M]" if dims == 2 else "[B, P, P, M]"
+            raise ValueError(f"state (h, c) must each have shape {list(state_shape)} {letters}, "
                              f"got {list(h0.shape)}, {list(c0.shape)}")
     params = [getattr(module, name, None) for name in ops.PARAM_NAMES]
     inputs = [x, h0, c0, *(p for p in params if p is not None)]

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     for dtype, mem_conv, cn in configs:
         dot_dtype, precision, ptr_type = storage[dtype]
-        common = dict(K=3, D_UP=1, MEM_CONV=mem_conv, CN=cn, DOT_DTYPE=dot_dtype, DOT_PRECISION=precision,
+        common = dict(K=3, TAPS=3, DIMS=2, D_UP=1, MEM_CONV=mem_conv, CN=cn, DOT_DTYPE=dot_dtype,
+                      DOT_PRECISION=precision,
                       BB=16, BN=64, KQ=16)
         for fn, consts in (
             (kernels.tlstm_fwd_persistent_kernel, common | dict(SAVE=True, BK=64)),

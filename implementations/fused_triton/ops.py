@@ -5,6 +5,11 @@ Data flow of one call (S = T + L - 1 steps):
     forward kernel(s): the step loop, writing y and, when a gradient is needed, every step's H, C, A;
     backward kernel: the reverse step loop, writing dA over A, dz and the initial-state gradients;
     then PyTorch again, one matrix product each: dW_h = unfold(Hcat)^T @ dA, dx, dW_x.
+
+The 3D tLSTM (dims=3) runs through the same kernels: its P x P locations are flattened row-major to
+N = P*P and its K x K taps to K*K (see ``kernels.py``); only the state's layout at the boundary
+([B, P, P, M] outside, [N, B, M] per slot inside) and the weight gradient (one product per tap)
+differ here.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ PERSISTENT_MAX_CHANNELS = 64
 # CN needs all channels of a location in one tile. Compiled for sm_90 at M = 128 (36 KB of shared
 # memory, float32); wider single tiles are untested, so they are refused.
 CN_MAX_CHANNELS = 128
+# The per-step forward puts the locations (P, or P*P for the 3D tLSTM) on the grid's second
+# dimension, which CUDA caps at 65535.
+MAX_GRID_LOCATIONS = 65535
 PATHS = ("auto", "persistent", "per_step")
 # No software pipelining: the reduction loops are 1-4 iterations long, and without it the float32
 # kernels need about 20 KB of shared memory instead of about 160 KB (measured by compiling for sm_90).
@@ -51,7 +59,8 @@ def _pow2(n: int) -> int:
 @dataclass(frozen=True)
 class Blocks:
     """Tile sizes: BB samples per program, BN channels per tile, BK reduction chunk of the forward
-    (over M) and BKG of the backward (over G), KQ the padded memory-kernel width."""
+    (over M) and BKG of the backward (over G), KQ the padded memory-kernel width (the taps per location:
+    K, or K*K for the 3D tLSTM)."""
 
     bb: int
     bn: int
@@ -60,8 +69,9 @@ class Blocks:
     kq: int
 
 
-def choose_blocks(batch: int, channels: int, kernel_size: int, path: str, cn: bool,
+def choose_blocks(batch: int, channels: int, taps: int, path: str, cn: bool,
                   overrides: dict | None = None) -> Blocks:
+    """``taps``: the kernel taps per location, K (K*K for the 3D tLSTM), also the memory-kernel width."""
     # tl.dot on a GPU needs every dimension >= 16; the interpreter takes any power of two, and
     # smaller tiles keep its numpy work (and the tests) short.
     floor = 1 if _interpreting() else 16
@@ -74,8 +84,8 @@ def choose_blocks(batch: int, channels: int, kernel_size: int, path: str, cn: bo
         bb=max(floor, min(16, _pow2(batch))),
         bn=bn,
         bk=max(floor, min(64, _pow2(channels))),
-        bkg=max(floor, min(64, _pow2(4 * channels + kernel_size))),
-        kq=max(floor, _pow2(kernel_size)),
+        bkg=max(floor, min(64, _pow2(4 * channels + taps))),
+        kq=max(floor, _pow2(taps)),
     )
     for name, value in (overrides or {}).items():
         if name not in blocks:
@@ -87,8 +97,8 @@ def choose_blocks(batch: int, channels: int, kernel_size: int, path: str, cn: bo
     if cn and blocks["bn"] < channels:
         raise ValueError(f"with norm='cn' the channel tile bn must cover all channels (>= {channels}), "
                          f"got {blocks['bn']}")
-    if blocks["kq"] < kernel_size:
-        raise ValueError(f"block kq must be >= kernel_size={kernel_size}, got {blocks['kq']}")
+    if blocks["kq"] < taps:
+        raise ValueError(f"block kq must be >= the taps per location ({taps}), got {blocks['kq']}")
     return Blocks(**blocks)
 
 
@@ -105,14 +115,30 @@ class Shape:
     depth: int
     mem_conv: bool
     cn: bool
+    dims: int = 2  # 3: the 3D tLSTM, P x P locations and K x K taps
 
     @property
     def steps(self) -> int:
         return self.seq_len + self.depth - 1
 
     @property
+    def locations(self) -> int:
+        """N: P, or P*P for the 3D tLSTM."""
+        return self.tensor_size ** (self.dims - 1)
+
+    @property
+    def taps(self) -> int:
+        """K, or K*K for the 3D tLSTM."""
+        return self.kernel_size ** (self.dims - 1)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """[B, P, M], or [B, P, P, M] for the 3D tLSTM."""
+        return (self.batch, *(self.tensor_size,) * (self.dims - 1), self.channels)
+
+    @property
     def gate_channels(self) -> int:
-        return 4 * self.channels + (self.kernel_size if self.mem_conv else 0)
+        return 4 * self.channels + (self.taps if self.mem_conv else 0)
 
 
 def _dot_operands(dtype: torch.dtype) -> tuple:
@@ -132,32 +158,33 @@ def _alloc(shape, dtype, device, poison: bool) -> Tensor:
 
 def _kernel_consts(shp: Shape, blocks: Blocks, dtype: torch.dtype) -> dict:
     dot_dtype, dot_precision = _dot_operands(dtype)
-    return dict(K=shp.kernel_size, D_UP=shp.kernel_size // 2, MEM_CONV=shp.mem_conv, CN=shp.cn,
-                DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_precision, BB=blocks.bb, BN=blocks.bn, KQ=blocks.kq)
+    return dict(K=shp.kernel_size, TAPS=shp.taps, DIMS=shp.dims, D_UP=shp.kernel_size // 2, MEM_CONV=shp.mem_conv,
+                CN=shp.cn, DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_precision, BB=blocks.bb, BN=blocks.bn, KQ=blocks.kq)
 
 
 class _ForwardBuffers:
     """Everything one forward writes; z, h[0], c[0] are filled before the kernels run."""
 
     def __init__(self, shp: Shape, save: bool, dtype: torch.dtype, device: torch.device, poison: bool) -> None:
-        S, B, M, P, G = shp.steps, shp.batch, shp.channels, shp.tensor_size, shp.gate_channels
+        S, B, M, N, G = shp.steps, shp.batch, shp.channels, shp.locations, shp.gate_channels
         self.slots = S + 1 if save else 2
         self.z = torch.empty((S, B, M), dtype=dtype, device=device)  # [S, B, M]
-        self.h = _alloc((self.slots, P, B, M), dtype, device, poison)  # [NS, P, B, M]
-        self.c = _alloc((self.slots, P, B, M), torch.float32, device, poison)  # [NS, P, B, M]
+        self.h = _alloc((self.slots, N, B, M), dtype, device, poison)  # [NS, N, B, M]
+        self.c = _alloc((self.slots, N, B, M), torch.float32, device, poison)  # [NS, N, B, M]
         # a 1-element placeholder when nothing is saved: the kernel never touches it then
-        self.a = _alloc((S, P, B, G) if save else (1,), torch.float32, device, poison)  # [S, P, B, G]
+        self.a = _alloc((S, N, B, G) if save else (1,), torch.float32, device, poison)  # [S, N, B, G]
         self.y = torch.full((B, shp.seq_len, M), float("nan"), dtype=dtype, device=device)  # [B, T, M]
 
     def fill_inputs(self, z: Tensor, bias_x: Tensor, h0: Tensor, c0: Tensor, seq_len: int) -> None:
         self.z[:seq_len] = z.transpose(0, 1)  # [T, B, M]
         self.z[seq_len:] = bias_x  # (1) the padding steps take a zero input: their row is bias_x
-        self.h[0] = h0.transpose(0, 1)  # [P, B, M]
-        self.c[0] = c0.transpose(0, 1)
+        n = self.h.shape[1]
+        self.h[0] = h0.reshape(h0.shape[0], n, h0.shape[-1]).transpose(0, 1)  # [N, B, M]
+        self.c[0] = c0.reshape(c0.shape[0], n, c0.shape[-1]).transpose(0, 1)
 
 
 def _launch_forward(bufs: _ForwardBuffers, shp: Shape, params: dict, blocks: Blocks, path: str, save: bool) -> None:
-    S, B, M, P = shp.steps, shp.batch, shp.channels, shp.tensor_size
+    S, B, M, P, N = shp.steps, shp.batch, shp.channels, shp.tensor_size, shp.locations  # N: the grid's locations
     args = (bufs.z, bufs.h, bufs.c, bufs.a, bufs.y, params["weight_h"], params["bias_h"],
             params["cn_a_weight"], params["cn_a_bias"], params["cn_c_weight"], params["cn_c_bias"],
             B, shp.seq_len, M, P, shp.depth, shp.gate_channels, bufs.slots)
@@ -166,7 +193,7 @@ def _launch_forward(bufs: _ForwardBuffers, shp: Shape, params: dict, blocks: Blo
     if path == "persistent":
         kernels.tlstm_fwd_persistent_kernel[(grid_b,)](*args, S, **consts, **LAUNCH_OPTIONS)
     else:
-        grid = (grid_b, P, _cdiv(M, blocks.bn))
+        grid = (grid_b, N, _cdiv(M, blocks.bn))
         for s in range(S):
             kernels.tlstm_fwd_step_kernel[grid](*args, s, **consts, **LAUNCH_OPTIONS)
 
@@ -231,15 +258,15 @@ def run_forward(shp: Shape, params: dict, x: Tensor, h0: Tensor, c0: Tensor, pat
 def run_backward(shp: Shape, params: dict, bufs: _ForwardBuffers, x: Tensor, blocks: Blocks,
                  dy: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None) -> dict:
     """The reverse step loop in one kernel, then the weight gradients as single matrix products."""
-    S, B, T, R, M, P, K, G = (shp.steps, shp.batch, shp.seq_len, shp.input_size, shp.channels,
-                              shp.tensor_size, shp.kernel_size, shp.gate_channels)
+    S, B, T, R, M, P, N, G = (shp.steps, shp.batch, shp.seq_len, shp.input_size, shp.channels,
+                              shp.tensor_size, shp.locations, shp.gate_channels)
     device, dtype = x.device, x.dtype
     f32 = torch.float32
     dy32 = torch.zeros((B, T, M), dtype=f32, device=device) if dy is None else dy.to(f32).contiguous()  # [B, T, M]
-    dh = _alloc((2, P, B, M), f32, device, POISON_BUFFERS)  # ring of dL/dH_s
-    dc = _alloc((2, P, B, M), f32, device, POISON_BUFFERS)  # ring of dL/dC_s
-    dh[S % 2] = 0.0 if dh_n is None else dh_n.to(f32).transpose(0, 1)
-    dc[S % 2] = 0.0 if dc_n is None else dc_n.to(f32).transpose(0, 1)
+    dh = _alloc((2, N, B, M), f32, device, POISON_BUFFERS)  # ring of dL/dH_s
+    dc = _alloc((2, N, B, M), f32, device, POISON_BUFFERS)  # ring of dL/dC_s
+    dh[S % 2] = 0.0 if dh_n is None else dh_n.to(f32).reshape(B, N, M).transpose(0, 1)
+    dc[S % 2] = 0.0 if dc_n is None else dc_n.to(f32).reshape(B, N, M).transpose(0, 1)
     dz = torch.full((S, B, M), float("nan"), dtype=f32, device=device)  # [S, B, M]
     grid_b = _cdiv(B, blocks.bb)
     dcn = torch.full((grid_b, 10 * M) if shp.cn else (1,), float("nan"), dtype=f32, device=device)
@@ -250,27 +277,55 @@ def run_backward(shp: Shape, params: dict, bufs: _ForwardBuffers, x: Tensor, blo
         BK=blocks.bkg, **_kernel_consts(shp, blocks, dtype), **LAUNCH_OPTIONS,
     )
     mm_dtype = f32 if dtype == f32 or device.type == "cpu" else dtype  # half storage: tensor-core products
-    da = bufs.a.view(S * P * B, G)  # [S*P*B, G] dA
-    # Hcat for every step, padded so that row p + k of the padded stack is the row tap k of location p reads
-    hcat = torch.cat([bufs.z.unsqueeze(1), bufs.h[:S]], dim=1)  # [S, P+1, B, M]
-    d_up, d_down = K // 2, K - 1 - K // 2
-    hpad = F.pad(hcat.permute(0, 2, 3, 1), (d_up - 1, d_down))  # [S, B, M, P+K-1]
-    unfolded = hpad.unfold(3, K, 1)  # [S, B, M, P, K]
-    unfolded = unfolded.permute(0, 3, 1, 4, 2).reshape(S * P * B, K * M)  # [S*P*B, K*M], rows as da's
-    grad_weight_h = (unfolded.to(mm_dtype).t() @ da.to(mm_dtype)).view(K, M, G)  # one product over all steps
+    da = bufs.a.view(S * N * B, G)  # [S*N*B, G] dA
+    if shp.dims == 2:
+        grad_weight_h = _grad_weight_h_2d(shp, bufs, da, mm_dtype)
+    else:
+        grad_weight_h = _grad_weight_h_3d(shp, bufs, da, mm_dtype)
     grad_bias_h = da.sum(dim=0)
     dz_t = dz[:T].transpose(0, 1).reshape(B * T, M)  # [B*T, M]
     grad_x = (dz_t.to(mm_dtype) @ params["weight_x"].to(mm_dtype).t()).view(B, T, R)
     grad_weight_x = x.reshape(B * T, R).to(mm_dtype).t() @ dz_t.to(mm_dtype)  # [R, M]
     grads = dict(
         x=grad_x, weight_x=grad_weight_x, bias_x=dz.sum(dim=(0, 1)), weight_h=grad_weight_h, bias_h=grad_bias_h,
-        h0=dh[0].transpose(0, 1), c0=dc[0].transpose(0, 1),
+        h0=dh[0].transpose(0, 1).reshape(shp.state_shape), c0=dc[0].transpose(0, 1).reshape(shp.state_shape),
     )
     if shp.cn:
         sums = dcn.sum(dim=0)
         grads |= dict(cn_a_weight=sums[: 4 * M], cn_a_bias=sums[4 * M : 8 * M], cn_c_weight=sums[8 * M : 9 * M],
                       cn_c_bias=sums[9 * M :])
     return grads
+
+
+def _grad_weight_h_2d(shp: Shape, bufs: _ForwardBuffers, da: Tensor, mm_dtype: torch.dtype) -> Tensor:
+    """dW_h [K, M, G] = unfold(Hcat)^T @ dA, one product over all steps and locations."""
+    S, B, M, P, K, G = shp.steps, shp.batch, shp.channels, shp.tensor_size, shp.kernel_size, shp.gate_channels
+    # Hcat for every step, padded so that row p + k of the padded stack is the row tap k of location p reads
+    hcat = torch.cat([bufs.z.unsqueeze(1), bufs.h[:S]], dim=1)  # [S, P+1, B, M]
+    d_up, d_down = K // 2, K - 1 - K // 2
+    hpad = F.pad(hcat.permute(0, 2, 3, 1), (d_up - 1, d_down))  # [S, B, M, P+K-1]
+    unfolded = hpad.unfold(3, K, 1)  # [S, B, M, P, K]
+    unfolded = unfolded.permute(0, 3, 1, 4, 2).reshape(S * P * B, K * M)  # [S*P*B, K*M], rows as da's
+    return (unfolded.to(mm_dtype).t() @ da.to(mm_dtype)).view(K, M, G)  # one product over all steps
+
+
+def _grad_weight_h_3d(shp: Shape, bufs: _ForwardBuffers, da: Tensor, mm_dtype: torch.dtype) -> Tensor:
+    """dW_h [K, K, M, G]: for each tap (k1, k2), the Hcat rows it read, shifted, ^T @ dA. One product per
+    tap rather than one over a K*K-times unfolded copy of every step's state (K*K times its memory)."""
+    S, B, M, P, K, G = shp.steps, shp.batch, shp.channels, shp.tensor_size, shp.kernel_size, shp.gate_channels
+    hcat = bufs.h.new_zeros((S, P + 1, P + 1, B, M))  # Hcat of every step: the input at (0, 0), H below-right
+    hcat[:, 0, 0] = bufs.z
+    hcat[:, 1:, 1:] = bufs.h[:S].view(S, P, P, B, M)
+    d_up, d_down = K // 2, K - 1 - K // 2
+    # hpad[:, p1 + k1, p2 + k2] is Hcat[p1 + 1 - d_up + k1, p2 + 1 - d_up + k2], zero outside
+    hpad = F.pad(hcat.permute(0, 3, 4, 1, 2), (d_up - 1, d_down, d_up - 1, d_down))  # [S, B, M, P+K-1, P+K-1]
+    da_mm = da.to(mm_dtype)
+    grad = torch.empty((K, K, M, G), dtype=da_mm.dtype, device=da.device)
+    for k1 in range(K):
+        for k2 in range(K):
+            rows = hpad[:, :, :, k1 : k1 + P, k2 : k2 + P].permute(0, 3, 4, 1, 2)  # [S, P, P, B, M], rows as da's
+            grad[k1, k2] = rows.reshape(S * P * P * B, M).to(mm_dtype).t() @ da_mm
+    return grad
 
 
 PARAM_NAMES = ("weight_x", "bias_x", "weight_h", "bias_h", "cn_a_weight", "cn_a_bias", "cn_c_weight", "cn_c_bias")
@@ -287,8 +342,8 @@ class TLSTMTritonFunction(torch.autograd.Function):
         params = _kernel_params(shp, x, dict(zip(PARAM_NAMES, param_values)))
         bufs = run_forward(shp, params, x, h0, c0, path, blocks, save, use_graphs)
         S = shp.steps
-        h_n = bufs.h[S % bufs.slots].transpose(0, 1).contiguous()  # [B, P, M]
-        c_n = bufs.c[S % bufs.slots].transpose(0, 1).to(x.dtype)  # [B, P, M]
+        h_n = bufs.h[S % bufs.slots].transpose(0, 1).contiguous().view(shp.state_shape)  # [B, P, M] / [B, P, P, M]
+        c_n = bufs.c[S % bufs.slots].transpose(0, 1).to(x.dtype).reshape(shp.state_shape)  # [B, P, M] / [B, P, P, M]
         if save:
             ctx.shp, ctx.blocks, ctx.bufs, ctx.params = shp, blocks, bufs, params
             ctx.save_for_backward(x)
@@ -317,11 +372,18 @@ def _kernel_params(shp: Shape, x: Tensor, params: dict) -> dict:
     return out
 
 
-def check_fits(shp: Shape) -> None:
-    if shp.cn and shp.channels > CN_MAX_CHANNELS:
-        from ..config import ConfigError
+def check_fits(shp: Shape, path: str | None = None) -> None:
+    """Refuse sizes the kernels cannot run, with the limit; ``path``: the forward kernel, once chosen."""
+    from ..config import ConfigError
 
+    if shp.cn and shp.channels > CN_MAX_CHANNELS:
         raise ConfigError(
             f"norm='cn' in the triton backend needs channels <= {CN_MAX_CHANNELS} (CN normalizes all channels "
             f"of a location in one on-chip tile), got channels={shp.channels}"
+        )
+    if path == "per_step" and shp.locations > MAX_GRID_LOCATIONS:
+        grid = "tensor_size" if shp.dims == 2 else "tensor_size**2"
+        raise ConfigError(
+            f"the triton backend's per-step forward needs {grid} <= {MAX_GRID_LOCATIONS} (one grid row per "
+            f"location), got {shp.locations} locations; use path='persistent'"
         )
