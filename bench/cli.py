@@ -182,6 +182,12 @@ def training_table(df) -> str:
         return f"({100 * best:.0f}%)" if best is not None and best == best else "-"
 
     df = df.assign(model=df.apply(model_label, axis=1), cell=df.apply(cell, axis=1))
+    budgets = df["train"].map(lambda t: t.get("params_budget"))
+    tasks = df["train"].map(lambda t: f"{t['task']} {t.get('digits') or ''}{t.get('length') or ''}".strip())
+    if budgets.nunique(dropna=False) > 1:  # one row per model and budget
+        df["model"] = df["model"] + budgets.map(lambda b: f" @{b:,}" if b == b and b is not None else " @width")
+    if tasks.nunique() > 1:
+        df["model"] = df["model"] + " " + tasks
     depths = sorted(df["depth"].unique())
     lines = ["samples to solve per seed, or (best held-out symbol accuracy) when not solved",
              f"{'model':<34}" + "".join(f"L={int(d):<14}" for d in depths)]

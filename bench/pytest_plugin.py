@@ -125,14 +125,7 @@ def selected_sweep(config: pytest.Config) -> Sweep:
 
 def selected_points(config: pytest.Config) -> list[Point]:
     """The benchmarks' points: the selected sweep's, expanded as ``tlstm-bench run`` expands them."""
-    sweep = selected_sweep(config)
-    if sweep.train is not None:
-        raise pytest.UsageError(f"--tlstm-sweep {config.getoption('tlstm_sweep')}: a training sweep (it trains models "
-                                "to measure what they buy, with `tlstm-bench run`); the benchmarks time calls, so "
-                                f"they take a timing sweep ({', '.join(n for n in shipped_sweeps() if n != 'capacity')}"
-                                f"...); the training step is benchmarked by test_training_step on the "
-                                f"{TRAINING_STEP_SWEEP} sweep's task")
-    return sweep.points()
+    return selected_sweep(config).points()
 
 
 def training_step_sweep(config: pytest.Config) -> Sweep:
@@ -173,9 +166,20 @@ def slowdown_for(config: pytest.Config, impl: str) -> float:
     return sum(seconds for pattern, seconds in slowdowns(config).items() if fnmatch.fnmatchcase(impl, pattern))
 
 
+def _timing_sweeps() -> list[str]:
+    import tomllib
+
+    return [name for name, path in shipped_sweeps().items() if "train" not in tomllib.loads(path.read_text())]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # A bad option fails here, before collection, with the allowed values.
-    selected_sweep(config)
+    if selected_sweep(config).train is not None:
+        raise pytest.UsageError(
+            f"--tlstm-sweep {config.getoption('tlstm_sweep')}: a training sweep (it trains models to measure what "
+            "they buy: run it with `tlstm-bench run`); the benchmarks time calls, so they take a timing sweep "
+            f"({', '.join(_timing_sweeps())} or a .toml path); the training step itself is benchmarked by "
+            f"test_training_step on the {TRAINING_STEP_SWEEP} sweep's task")
     slowdowns(config)
     if config.getoption("tlstm_device") == "cuda" and not torch.cuda.is_available():
         raise pytest.UsageError("--tlstm-device cuda: no CUDA GPU is available here; allowed here: auto, cpu")

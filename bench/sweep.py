@@ -411,8 +411,12 @@ class Sweep:
                              "= true to allow more)")
 
     def with_overrides(self, overrides: list[str]) -> Sweep:
-        """A copy with ``--set AXIS=VALUES`` applied (VALUES: a TOML value, a list, or comma-separated)."""
+        """A copy with ``--set AXIS=VALUES`` applied (VALUES: a TOML value, a list, or comma-separated).
+        ``train.FIELD`` overrides are applied together and checked as a whole, so that ``--set train.task=addition
+        --set train.digits=3`` switches the task (the old task's sizes are dropped)."""
         sweep = copy.deepcopy(self)
+        train_sets: dict[str, Any] = {}
+        train_texts: list[str] = []
         for text in overrides:
             source = f"--set {text}"
             if "=" not in text:
@@ -438,14 +442,22 @@ class Sweep:
                     value = [value]
                 sweep._set_scalar(source, key, value)
             elif key.startswith("train.") and sweep.train is not None:
-                table = {k: v for k, v in sweep.train.items() if v is not None and v != TRAIN[k][2]}
                 if key.removeprefix("train.") == "seeds" and not isinstance(value, list):
                     value = [value]
-                sweep._set_train(source, {**table, "task": sweep.train["task"], key.removeprefix("train."): value})
+                train_sets[key.removeprefix("train.")] = value
+                train_texts.append(source)
             else:
                 allowed = ", ".join([*AXES, *SETTABLE_SCALARS, *(f"train.{k}" for k in TRAIN if sweep.train)])
                 raise SweepError(source, key, f"unknown axis or setting; allowed: {allowed}")
             sweep.overrides.append(text)
+        if train_sets:
+            assert sweep.train is not None
+            table = {k: v for k, v in sweep.train.items() if v is not None and v != TRAIN[k][2]}
+            table["task"] = sweep.train["task"]
+            if train_sets.get("task", table["task"]) != table["task"]:  # a new task: the old one's sizes go
+                for size in ("digits", "length", "alphabet"):
+                    table.pop(size, None)
+            sweep._set_train(", ".join(train_texts), {**table, **train_sets})
         sweep._check_sizes("--set")
         return sweep
 

@@ -64,7 +64,7 @@ class ModelConfig:
             raise ConfigError(f"mem_conv must be True or False, got {self.mem_conv!r}")
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if isinstance(self.dims, bool) or self.dims not in DIMS:
+        if isinstance(self.dims, bool) or not isinstance(self.dims, int) or self.dims not in DIMS:
             raise ConfigError(f"dims must be one of {DIMS} (2: the tLSTM, 3: the 3D tLSTM), got {self.dims!r}")
         if self.dims != 2 and self.tensor_size is None:
             raise ConfigError(f"dims={self.dims} is the 3D tLSTM; a stacked LSTM (sized by depth, no tensor_size) has "

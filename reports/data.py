@@ -194,10 +194,12 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def line_labels(ok: pd.DataFrame) -> pd.Series:
-    """One label per plotted line: the implementation, plus the variant when one impl ran several."""
+    """One label per plotted line: the implementation, plus the variant when one impl ran several or ran a
+    variant other than the plain tLSTM (so a 3D-only or CN-only run says so)."""
     variants_per_impl = ok.groupby("impl")["variant"].nunique()
+    plain = ("tLSTM", "sLSTM", "sLSTM (shared)")
     return pd.Series(
-        [f"{impl} [{variant}]" if variants_per_impl.get(impl, 1) > 1 else str(impl)
+        [f"{impl} [{variant}]" if variants_per_impl.get(impl, 1) > 1 or variant not in plain else str(impl)
          for impl, variant in zip(ok["impl"], ok["variant"])],
         index=ok.index,
         dtype=object,

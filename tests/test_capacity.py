@@ -169,6 +169,15 @@ def test_timing_sweeps_refuse_training_fields(tmp_path):
         load_sweep("capacity", ["seq_len=32"])
 
 
+def test_set_switches_the_task_whatever_the_order():
+    for overrides in (["train.task=addition", "train.digits=2"], ["train.digits=2", "train.task=addition"]):
+        sweep = load_sweep("capacity", [*overrides, "train.seeds=0"])
+        assert sweep.train["task"] == "addition" and sweep.train["digits"] == 2 and sweep.train["length"] is None
+        assert {p.seq_len for p in sweep.points()} == {9}
+    with pytest.raises(SweepError, match="train.digits: required by task 'addition'"):
+        load_sweep("capacity", ["train.task=addition"])
+
+
 def test_shipped_capacity_sweeps_expand():
     quick = load_sweep("capacity").points()
     assert len(quick) == 72 and {p.depth for p in quick} == {1, 2, 4, 8} and {p.seed for p in quick} == {0, 1, 2}

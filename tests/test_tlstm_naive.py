@@ -239,8 +239,9 @@ def test_3d_parameter_count_formula_and_independent_of_tensor_size(kernel_size, 
 
 
 def test_dims_is_checked_where_it_enters():
-    with pytest.raises(ConfigError, match="dims must be one of"):
-        ModelConfig(3, 4, 2, dims=4)
+    for bad in (4, 3.0, True, "3"):
+        with pytest.raises(ConfigError, match="dims must be one of"):
+            ModelConfig(3, 4, 2, dims=bad)
     with pytest.raises(ConfigError, match="allowed dims: 2"):
         create("lstm_cudnn", input_size=3, channels=4, tensor_size=2, dims=3)
     with pytest.raises(ConfigError, match="allowed dims: 2"):
