@@ -162,12 +162,12 @@ def summary_table(df) -> str:
 
 
 def model_label(row) -> str:
-    """An implementation with its tLSTM switches: "tlstm_fused 3D K=3 +CN"."""
+    """An implementation with its variant, named as the report names it: "tlstm_fused [3D tLSTM+CN]"."""
+    from reports.data import variant_name
+
     if row["family"] != "tlstm":
         return row["impl"]
-    dims = "3D " if row.get("dims") == 3 else ""
-    return f"{row['impl']} {dims}K={row['kernel_size']}{'' if row['mem_conv'] else ' -M'}" \
-        f"{' +CN' if row['norm'] == 'cn' else ''}"
+    return f"{row['impl']} [{variant_name(row)}]"
 
 
 def training_table(df) -> str:

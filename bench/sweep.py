@@ -665,13 +665,6 @@ def _check_fits(source: str, point: Point) -> None:
                          f"{have / 2**30:.1f} GiB; make {smaller} smaller")
 
 
-def width_for_params(input_size: int, depth: int, target: int, count) -> int:
-    """The stacked-LSTM width M whose parameter count (``count(ModelConfig)``) is closest to ``target``."""
-    from implementations import ModelConfig
-
-    return width_for_budget(lambda width: count(ModelConfig(input_size, width, depth=depth)), target)
-
-
 def width_for_budget(params, target: int) -> int:
     """The width M (1 .. MAX_WIDTH) whose parameter count ``params(M)`` (growing with M) is closest to ``target``."""
     # bisect for the first width at or above the target

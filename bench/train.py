@@ -79,13 +79,11 @@ class TaskModel(nn.Module):
 
 def build_task_model(point: Point) -> tuple[TaskModel, Task]:
     """The point's task and its model, initialized from ``point.seed``."""
-    from .measure import TORCH_DTYPES
+    from .measure import build_point
 
     assert point.train is not None
     task = task_of(point.train)
-    torch.manual_seed(point.seed)
-    core = implementations.build(point.impl, point.model_config(), device=torch.device(point.device),
-                                 dtype=TORCH_DTYPES[point.dtype])
+    core, _ = build_point(point)  # the suite's one way to build a point's model (seeded from point.seed)
     return TaskModel(core, task.input_symbols, point.channels, task.output_symbols), task
 
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import matplotlib.lines
-import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
@@ -34,7 +33,7 @@ from bench.contract import format_seconds
 
 from .claims import BY_CONSTRUCTION, FAILS, HOLDS, NOT_MEASURED, PARTLY, UNDECIDED, Claim
 from .data import SHARED_LSTM_IMPLS, fmt_int, line_labels, training_rows
-from .figures import Figure, _png, _spans_decades, style_for
+from .figures import Figure, _png, _spans_decades, panel_grid, style_for
 
 # The seed rule's margins: accuracies must differ by more than ACC_MARGIN (absolute), samples or
 # seconds to solve by more than RELATIVE_MARGIN of the worse mean; a group needs MIN_SEEDS runs.
@@ -651,23 +650,6 @@ def capacity_failures(runs: pd.DataFrame) -> pd.DataFrame:
 # the figures
 
 
-def _grid(n_rows: int, n_cols: int) -> tuple[Any, Any, Callable[[dict[str, Any]], None]]:
-    """Panels of 4.2 x 2.9 in with one shared legend in a right-hand column (as reports.figures lays them)."""
-    panel_w, panel_h, gap_w, gap_h = 4.2, 2.9, 0.9, 0.85
-    left, right, top, bottom = 0.85, 3.1, 0.45, 0.65
-    width = left + n_cols * panel_w + (n_cols - 1) * gap_w + right
-    height = top + n_rows * panel_h + (n_rows - 1) * gap_h + bottom
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
-                        wspace=gap_w / panel_w, hspace=gap_h / panel_h)
-
-    def legend(handles: dict[str, Any]) -> None:
-        fig.legend(list(handles.values()), list(handles.keys()), loc="upper left", fontsize=8.5, frameon=False,
-                   bbox_to_anchor=(1 - (right - 0.15) / width, 1 - top / height))
-
-    return fig, axes, legend
-
-
 def _depth_axis(ax: Any, depths: list[float]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(depths)
@@ -717,7 +699,7 @@ def fig_accuracy_vs_depth(runs: pd.DataFrame) -> Figure:
     settings = _settings(usable)
     n_cols = min(3, len(settings))
     n_rows = math.ceil(len(settings) / n_cols)
-    fig, axes, legend = _grid(n_rows, n_cols)
+    fig, axes, legend = panel_grid(n_rows, n_cols, legend_in=3.1)
     handles: dict[str, Any] = {}
     for i, (_, setting_title, rows) in enumerate(settings):
         ax = axes[i // n_cols][i % n_cols]
@@ -765,7 +747,7 @@ def fig_solve_vs_depth(runs: pd.DataFrame) -> Figure:
     if usable.empty or not (usable["solved"].any() or usable["samples_seen"].notna().any()):
         return Figure(slug, title, caption, missing="needs training runs that finished: " + HINT)
     settings = _settings(usable)
-    fig, axes, legend = _grid(len(settings), 2)
+    fig, axes, legend = panel_grid(len(settings), 2, legend_in=3.1)
     handles: dict[str, Any] = {}
     columns = (("samples_to_solve", "samples_seen", "samples to solve"),
                ("time_to_solve_s", "train_time_s", "time to solve (s)"))
@@ -827,7 +809,7 @@ def fig_learning_curves(runs: pd.DataFrame) -> Figure:
     # at most three panels a row (two for four depths), so the panels stay readable inline
     n_cols = len(depths) if len(depths) <= 3 else 2 if len(depths) == 4 else 3
     per_setting = math.ceil(len(depths) / n_cols)
-    fig, axes, legend = _grid(len(settings) * per_setting, n_cols)
+    fig, axes, legend = panel_grid(len(settings) * per_setting, n_cols, legend_in=3.1)
     for ax in axes.flat:
         ax.set_visible(False)
     handles: dict[str, Any] = {}

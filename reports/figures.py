@@ -213,15 +213,7 @@ def _line_figure(
     used_rows = [rk for rk in row_keys if any(p[0] == rk for p in panels)]
     used_cols = [ck for ck in col_keys if any(p[1] == ck for p in panels)]
     n_rows, n_cols = len(used_rows), len(used_cols)
-    # Fixed margins in inches instead of tight_layout (which lays every label out twice): panels of
-    # 4.2 x 2.9 in, one shared legend in a right-hand column, so no legend ever covers a line.
-    panel_w, panel_h, gap_w, gap_h = 4.2, 2.9, 0.9, 0.85
-    left, right, top, bottom = 0.85, 2.9, 0.45, 0.65
-    width = left + n_cols * panel_w + (n_cols - 1) * gap_w + right
-    height = top + n_rows * panel_h + (n_rows - 1) * gap_h + bottom
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
-                        wspace=gap_w / panel_w, hspace=gap_h / panel_h)
+    fig, axes, legend = panel_grid(n_rows, n_cols)
     handles: dict[str, Any] = {}
     # x is shared by all panels (same sizes); y is judged per panel, since batch sizes or memory
     # metrics in different panels can sit decades apart while each panel spans little
@@ -272,9 +264,28 @@ def _line_figure(
         for h in axes[i][j].get_lines():  # labelled reference lines (the torch.mm rate) join the legend
             if not h.get_label().startswith("_"):
                 handles.setdefault(h.get_label(), h)
-    fig.legend(list(handles.values()), list(handles.keys()), loc="upper left", fontsize=8.5, frameon=False,
-               bbox_to_anchor=(1 - (right - 0.15) / width, 1 - top / height))
+    legend(handles)
     return _png(fig), notes
+
+
+def panel_grid(n_rows: int, n_cols: int,
+               legend_in: float = 2.9) -> tuple[Any, Any, Callable[[dict[str, Any]], None]]:
+    """A figure of n_rows x n_cols panels of 4.2 x 2.9 in and a function that draws one shared legend in a
+    right-hand column ``legend_in`` inches wide. Fixed margins in inches instead of tight_layout (which lays
+    every label out twice), so no legend ever covers a line."""
+    panel_w, panel_h, gap_w, gap_h = 4.2, 2.9, 0.9, 0.85
+    left, right, top, bottom = 0.85, legend_in, 0.45, 0.65
+    width = left + n_cols * panel_w + (n_cols - 1) * gap_w + right
+    height = top + n_rows * panel_h + (n_rows - 1) * gap_h + bottom
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        wspace=gap_w / panel_w, hspace=gap_h / panel_h)
+
+    def legend(handles: dict[str, Any]) -> None:
+        fig.legend(list(handles.values()), list(handles.keys()), loc="upper left", fontsize=8.5, frameon=False,
+                   bbox_to_anchor=(1 - (right - 0.15) / width, 1 - top / height))
+
+    return fig, axes, legend
 
 
 def with_labels(df: pd.DataFrame) -> pd.DataFrame:
