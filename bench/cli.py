@@ -21,11 +21,12 @@ import shlex
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import implementations
 
-from . import cluster, results
+from . import axes, cluster, results
 from .cluster import EXECUTORS, ClusterError, ClusterOptions, parse_slurm_opts
 from .contract import format_seconds
 from .outdir import OutputBusy, OutputLock, atomic_write
@@ -137,8 +138,9 @@ def _write_sweep_json(out: Path, sweep, argv: list[str], resume: bool) -> None:
 
 
 def summary_table(df) -> str:
-    """Median time per step (over the other axes) by implementation and mode, one column per size; for
-    training points, samples to solve (or the best held-out accuracy) per model, seed and depth."""
+    """Median time per step by implementation and mode, one column per size, and one row for each value of
+    any other axis the run varies (dtype, device, batch, ...), so that no figure mixes two configurations;
+    for training points, samples to solve (or the best held-out accuracy) per model, seed and depth."""
     trained = df[df["train"].map(lambda t: isinstance(t, dict))]
     if not trained.empty:
         return training_table(trained)
@@ -151,14 +153,44 @@ def summary_table(df) -> str:
     labels = ok.apply(model_label, axis=1)
     several = labels.groupby(ok["impl"]).nunique()
     ok = ok.assign(model=[lab if several[impl] > 1 else impl for lab, impl in zip(labels, ok["impl"])])
-    table = ok.pivot_table(index=["model", "mode"], columns=axis, values="time_per_step_s", aggfunc="median")
-    width = max(30, max(len(f"{m} {mode}") for m, mode in table.index) + 2)
+    # The axes that still vary within one cell (model, mode, size) name the row; one that varies only along
+    # the columns (a stacked LSTM's width paired with each P) does not.
+    cell = ["model", "mode", axis]
+    split = [name for name in axes.names() if name not in cell and name in ok.columns
+             and ok.groupby(cell, dropna=False)[name].nunique(dropna=False).gt(1).any()]
+    ok = ok.assign(config=[", ".join(_axis_value_label(name, row[name]) for name in split)
+                           for _, row in ok.iterrows()])
+    if split:  # rows in the order of the values (B=2 before B=16; choices as the axis lists them), not of their labels
+        import pandas as pd
+
+        def order_of(column):
+            axis = axes.get(column.name)
+            if axis.kind == "choice" and axis.rule:
+                return column.map({value: i for i, value in enumerate(axis.rule)}.get)
+            return column
+
+        order = ok.sort_values(split, key=order_of, na_position="last")["config"].unique()
+        ok["config"] = pd.Categorical(ok["config"], categories=order, ordered=True)
+    table = ok.pivot_table(index=["model", "mode", "config"], columns=axis, values="time_per_step_s",
+                           aggfunc="median")
+    names = [f"{model} {mode}" + (f", {config}" if config else "") for model, mode, config in table.index]
+    width = max(30, max(len(name) for name in names) + 2)
     header = f"{'median time per step':<{width}}" + "".join(f"{label}={int(c):<9}" for c in table.columns)
     lines = [header]
-    for (model, mode), row in table.iterrows():
+    for name, (_, row) in zip(names, table.iterrows()):
         cells = "".join(f"{format_seconds(v):<11}" for v in row)
-        lines.append(f"{model + ' ' + mode:<{width}}{cells}")
+        lines.append(f"{name:<{width}}{cells}")
     return "\n".join(lines)
+
+
+def _axis_value_label(name: str, value) -> str:
+    """An axis value in a row name: "B=16", "float32", "cuda", or NAME=VALUE for an axis without a letter."""
+    axis = axes.get(name)
+    if axis.letter:
+        return axis.label(value)
+    if isinstance(value, str) and axis.kind == "choice":
+        return value
+    return f"{name}={axes.fmt_value(value)}"
 
 
 def model_label(row) -> str:
@@ -183,7 +215,9 @@ def training_table(df) -> str:
 
     df = df.assign(model=df.apply(model_label, axis=1), cell=df.apply(cell, axis=1))
     budgets = df["train"].map(lambda t: t.get("params_budget"))
-    tasks = df["train"].map(lambda t: f"{t['task']} {t.get('digits') or ''}{t.get('length') or ''}".strip())
+    from .tasks import task_label
+
+    tasks = df["train"].map(task_label)
     if budgets.nunique(dropna=False) > 1:  # one row per model and budget
         df["model"] = df["model"] + budgets.map(lambda b: f" @{b:,}" if b == b and b is not None else " @width")
     if tasks.nunique() > 1:
@@ -219,34 +253,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _error(str(exc))
         return EXIT_USAGE
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        lock = OutputLock(out).__enter__()  # held until this function returns (released by exit at worst)
-    except OutputBusy as exc:
-        _error(str(exc))
-        return EXIT_USAGE
-    except OSError as exc:
-        _error(f"--out {out}: cannot create or write there ({exc.strerror or exc})")
-        return EXIT_USAGE
-    try:
-        return _run_locked(args, sweep, points, out)
-    finally:
-        lock.__exit__(None, None, None)
-
-
-def _run_locked(args: argparse.Namespace, sweep, points, out: Path) -> int:
-    """The run itself, with the output directory's lock held."""
-    from .runner import Runner, progress_printer
-
-    try:
-        _check_started(args, out, points)
-        _write_sweep_json(out, sweep, args.argv, args.resume)
-        (out / results.RESULTS_FILE).touch()  # from here on the run can be resumed, even before its first point
+        with _usage_errors(f"--out {out}: cannot create or write there"):
+            out.mkdir(parents=True, exist_ok=True)
+            lock = OutputLock(out).__enter__()  # held until this function returns (released by exit at worst)
+        try:
+            return _run_locked(args, sweep, points, out)
+        finally:
+            lock.__exit__(None, None, None)
     except UsageError as exc:
         _error(str(exc))
         return EXIT_USAGE
+
+
+@contextmanager
+def _usage_errors(cannot: str):
+    """An unwritable output directory or a busy one as a UsageError: "<cannot> (<why>)" or the lock's message."""
+    try:
+        yield
+    except OutputBusy as exc:
+        raise UsageError(str(exc)) from None
     except OSError as exc:
-        _error(f"--out {out}: cannot write there ({exc.strerror or exc})")
-        return EXIT_USAGE
+        raise UsageError(f"{cannot} ({exc.strerror or exc})") from None
+
+
+def _run_locked(args: argparse.Namespace, sweep, points, out: Path) -> int:
+    """The run itself, with the output directory's lock held; a UsageError before the first point."""
+    from .runner import Runner, progress_printer
+
+    with _usage_errors(f"--out {out}: cannot write there"):
+        _check_started(args, out, points)
+        _write_sweep_json(out, sweep, args.argv, args.resume)
+        (out / results.RESULTS_FILE).touch()  # from here on the run can be resumed, even before its first point
     print(f"sweep {sweep.name}: {len(points)} points -> {out}", file=sys.stderr)
     if args.cluster.executor != "local":
         return _run_jobs(args, sweep, points, out)

@@ -7,7 +7,7 @@ these definitions from here and keeps no copy of its own. Nothing here imports t
 
 A results file is JSON lines, one record per point and worker process (``RECORD_FIELDS``)::
 
-    {"schema": 2, "key": "<16 hex>", "sweep": "quick", "index": 3, "process": 0, "config": {<Point fields>},
+    {"schema": 3, "key": "<16 hex>", "sweep": "quick", "index": 3, "process": 0, "config": {<Point fields>},
      "status": "ok", "message": "...", "samples_s": [...], "metrics": {<METRIC_FIELDS>},
      "env": {...}, "started_at": "2026-12-01T14:00:00+00:00"}
 
@@ -25,9 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+
+from . import axes
+from .axes import DEVICES, DTYPES, MODES, format_seconds  # noqa: F401  (re-exported: the contract's vocabulary)
+from .metrics import METRICS, TIMING_FIELDS  # noqa: F401  (re-exported: the contract's vocabulary)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,9 +45,6 @@ SCHEMA_VERSION = 3
 # infinite; oom / crashed / timeout / unavailable / error: see bench.runner and bench.worker.
 STATUSES = ("ok", "incorrect", "diverged", "oom", "crashed", "timeout", "unavailable", "error")
 FAMILIES = ("tlstm", "lstm")
-MODES = ("inference", "training")
-DEVICES = ("cpu", "cuda")
-DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 # A point's timing is flagged noisy when its interquartile range exceeds this fraction of its median.
 NOISY_IQR_OVER_MEDIAN = 0.10
@@ -55,26 +56,53 @@ class ContractError(ValueError):
 
 def recurrent_steps(family: str, seq_len: int, depth: int) -> int:
     """Dependent steps one sequence takes: T + L - 1 for a tLSTM (the output lags the input by L - 1
-    steps), T for a stacked LSTM (whose L layer updates per step are counted inside the step)."""
-    return seq_len + depth - 1 if family == "tlstm" else seq_len
+    steps; ``implementations.config.tlstm_steps``), T for a stacked LSTM (whose L layer updates per step
+    are counted inside the step)."""
+    return _model_formulas().tlstm_steps(seq_len, depth) if family == "tlstm" else seq_len
+
+
+def _model_formulas() -> Any:
+    """``implementations.config``: the one place of the models' size formulas (importing it imports torch)."""
+    from implementations import config
+
+    return config
+
+
+def lstm_step_flops(impl: str, input_size: int, channels: int, depth: int) -> int:
+    """Forward FLOPs per sample and step of a stacked LSTM: the implementation's registered ``step_flops``
+    where it has one, else the stacked LSTM's 2*4M*(R+M) + (L-1)*2*4M*2M."""
+    try:
+        import implementations
+
+        own = implementations.get(impl).step_flops
+    except (ImportError, KeyError):  # torch missing, or a plugin's implementation not registered here
+        own = None
+    if own is not None:
+        return own(input_size, channels, depth)
+    m = channels
+    return 2 * 4 * m * (input_size + m) + (depth - 1) * 2 * 4 * m * 2 * m
+
+
+# The sizes every train dict carries (None where its task has no such size), so that the keys of the points
+# trained before tasks were registered stay as they were; other tasks' sizes appear only where given.
+ALWAYS_TRAIN_SIZES = ("digits", "length", "alphabet")
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     """How a training point trains (``bench.train``): the task and its sizes, the optimizer and the budget.
 
-    ``task`` is "addition" (``digits`` D) or "memorization" (``length`` S, ``alphabet`` V); the sizes a
-    task does not use are None. Samples are counted in training sequences. ``eval_every``: samples
-    between evaluations on the ``eval_samples`` held-out sequences. The run stops when the held-out
-    symbol accuracy reaches ``solve_at`` (solved; when ``stop_when_solved``), after ``max_samples`` or
-    after ``max_time_s`` of training. ``params_budget``: the total parameter count the width was chosen
-    for (None when the sweep gave the width).
+    ``task`` is a registered task's name (``bench.tasks``) and ``sizes`` its sizes, as (name, value) pairs;
+    in a record the sizes are fields of the train dict itself ({"task": "addition", "digits": 3, ...}).
+    Samples are counted in training sequences. ``eval_every``: samples between evaluations on the
+    ``eval_samples`` held-out sequences. The run stops when the held-out symbol accuracy reaches
+    ``solve_at`` (solved; when ``stop_when_solved``), after ``max_samples`` or after ``max_time_s`` of
+    training. ``params_budget``: the total parameter count the width was chosen for (None when the sweep
+    gave the width).
     """
 
     task: str
-    digits: int | None
-    length: int | None
-    alphabet: int | None
+    sizes: tuple[tuple[str, int], ...]
     optimizer: str
     lr: float
     clip: float
@@ -87,47 +115,55 @@ class TrainSpec:
     params_budget: int | None
 
     @classmethod
+    def settings(cls) -> tuple[str, ...]:
+        """The fields of a train dict besides the task and its sizes."""
+        return tuple(f.name for f in fields(cls) if f.name not in ("task", "sizes"))
+
+    @classmethod
     def from_dict(cls, data: Any) -> TrainSpec:
-        names = [f.name for f in fields(cls)]
-        if not isinstance(data, dict) or set(data) != set(names):
-            raise ContractError(f"a point's train settings need exactly the fields {', '.join(names)}; got "
-                                f"{sorted(data) if isinstance(data, dict) else type(data).__name__}")
-        return cls(**data)
+        """From a train dict: the task, the settings, and the task's sizes as fields of their own."""
+        from .tasks import size_names
+
+        required = ("task", *cls.settings())
+        if not isinstance(data, dict) or not set(required) <= set(data) \
+                or not set(data) - set(required) <= set(size_names()) | set(ALWAYS_TRAIN_SIZES):
+            raise ContractError(f"a point's train settings need exactly the fields {', '.join(required)} and the "
+                                f"task's sizes; got {sorted(data) if isinstance(data, dict) else type(data).__name__}")
+        sizes = tuple(sorted((k, v) for k, v in data.items() if k not in required and v is not None))
+        return cls(task=data["task"], sizes=sizes, **{k: data[k] for k in cls.settings()})
+
+    def __getattr__(self, name: str) -> Any:
+        """A task size as an attribute (``spec.digits``); None for a size its task does not have."""
+        sizes = self.__dict__.get("sizes")
+        if sizes is None or name.startswith("__"):
+            raise AttributeError(name)
+        from .tasks import size_names
+
+        if name in dict(sizes) or name in size_names() or name in ALWAYS_TRAIN_SIZES:
+            return dict(sizes).get(name)
+        raise AttributeError(name)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The train dict of a record."""
+        return {"task": self.task, **dict.fromkeys(ALWAYS_TRAIN_SIZES), **dict(self.sizes),
+                **{k: getattr(self, k) for k in self.settings()}}
 
     def task_label(self) -> str:
         """'addition D=3' or 'memorization S=8 V=4'."""
-        if self.task == "addition":
-            return f"addition D={self.digits}"
-        return f"{self.task} S={self.length} V={self.alphabet}"
+        from .tasks import task_label
+
+        return task_label(self.as_dict())
 
 
-@dataclass(frozen=True)
-class Point:
+class _PointBase:
     """One measured configuration: an implementation at one value of every axis, with its budget.
 
-    ``tensor_size`` is P for a tLSTM; a stacked LSTM keeps it only when it was paired with a tLSTM of
-    that P (else None). ``norm`` is None or "cn". ``key`` is the stable identity ``--resume`` skips on.
+    The fields are ``impl`` and ``family``, one per axis of ``bench.axes`` (table order; not the sweep-only
+    ones), ``repeats``, ``warmup``, ``seed``, then the axes added since the first schema (at the value an
+    older record means) and ``train``. ``tensor_size`` is P for a tLSTM; a stacked LSTM keeps it only
+    when it was paired with a tLSTM of that P (else None). ``norm`` is None or "cn". ``key`` is the
+    stable identity ``--resume`` skips on.
     """
-
-    impl: str
-    family: str
-    tensor_size: int | None
-    depth: int
-    seq_len: int
-    batch: int
-    channels: int
-    input_size: int
-    kernel_size: int
-    mem_conv: bool
-    norm: str | None
-    dtype: str
-    mode: str
-    device: str
-    repeats: int
-    warmup: int
-    seed: int
-    dims: int = 2  # 3: the 3D tLSTM (P x P locations); a stacked LSTM's is 2
-    train: TrainSpec | None = None  # a training run (bench.train) rather than a timed call
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> Point:
@@ -148,12 +184,15 @@ class Point:
 
     def as_dict(self) -> dict[str, Any]:
         """The point as a results record's ``config``."""
-        return asdict(self)
+        config = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        if self.train is not None:
+            config["train"] = self.train.as_dict()
+        return config
 
     @cached_property
     def key(self) -> str:
-        """A stable hash of the whole configuration (field order does not matter; a 2D timing point's
-        key is the one it had before ``dims`` and ``train`` existed)."""
+        """A stable hash of the whole configuration (field order does not matter; a point whose optional
+        fields are at the value older records mean has the key it had before they existed)."""
         config = self.as_dict()
         for name, default in OPTIONAL_CONFIG_FIELDS.items():  # absent at their defaults: keys as before they existed
             if config[name] == default:
@@ -162,14 +201,24 @@ class Point:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def model_config(self) -> ModelConfig:
-        """The ModelConfig to build: a tLSTM by its tensor size (depth derived), a stacked LSTM by depth."""
+        """The ModelConfig to build from the point's model axes: a tLSTM by its tensor size (depth derived),
+        a stacked LSTM by its depth (no tensor size, and none of the tLSTM's switches beyond their defaults)."""
         from implementations import ModelConfig  # torch is imported only where a model is built
 
+        sizes = {name: getattr(self, name) for name in axes.names(axes.MODEL)}
         if self.family == "tlstm":
-            return ModelConfig(self.input_size, self.channels, self.tensor_size, self.kernel_size, self.mem_conv,
-                               self.norm, dims=self.dims)
-        return ModelConfig(self.input_size, self.channels, None, self.kernel_size, self.mem_conv, self.norm,
-                           depth=self.depth)
+            sizes["depth"] = None
+        else:
+            sizes["tensor_size"] = None
+        return ModelConfig(**sizes)
+
+    def derived(self) -> dict[str, Any]:
+        """The quantities derived from the point's sizes (``DERIVED_FIELDS``), computed here only."""
+        tlstm = self.family == "tlstm"
+        return {"recurrent_steps": self.recurrent_steps,
+                "locations": self.locations if tlstm else None,
+                "gate_channels": self.gate_channels if tlstm else None,
+                "tensor_depth": _model_formulas().tlstm_depth(self.tensor_size, self.kernel_size) if tlstm else None}
 
     @property
     def recurrent_steps(self) -> int:
@@ -185,30 +234,32 @@ class Point:
     @property
     def locations(self) -> int:
         """A tLSTM's hidden locations: P, or P*P for the 3D tLSTM."""
-        return self.tensor_size ** (self.dims - 1)
+        return _model_formulas().tlstm_locations(self.tensor_size, self.dims)
+
+    @property
+    def taps(self) -> int:
+        """Kernel taps per location: K, or K*K for the 3D tLSTM."""
+        return _model_formulas().tlstm_taps(self.kernel_size, self.dims)
 
     @property
     def gate_channels(self) -> int:
-        """A tLSTM's G: 4M plus one memory-kernel logit per tap (K, or K*K in 3D) with the memory-cell convolution."""
-        return 4 * self.channels + (self.kernel_size ** (self.dims - 1) if self.mem_conv else 0)
+        """A tLSTM's G: 4M plus one memory-kernel logit per tap with the memory-cell convolution."""
+        return _model_formulas().tlstm_gate_channels(self.channels, self.kernel_size, self.dims, self.mem_conv)
 
     def flops(self) -> int:
         """FLOPs of one call (the whole batch and sequence) from the cost formulas (matrix work only).
 
         tLSTM forward per sample: 2*R*M per input step (T steps) + 2*P*K*M*G per step (T+L-1 steps);
-        the 3D tLSTM: 2*P*P*K*K*M*G per step.
-        Stacked LSTM forward per sample: 2*4M*(R+M) + (L-1)*2*4M*2M per step, T steps (lstm_shared:
-        2*R*M + L*2*4M*2M, its input projected to M first).
+        the 3D tLSTM: 2*P*P*K*K*M*G per step. A stacked LSTM's per-step formula is its implementation's
+        (registered as ``step_flops``; by default 2*4M*(R+M) + (L-1)*2*4M*2M), T steps.
         Training adds a backward of about twice the forward's matrix work: 3x in all.
         """
-        r, m, seq_len, depth = self.input_size, self.channels, self.seq_len, self.depth
+        r, m, seq_len = self.input_size, self.channels, self.seq_len
         if self.family == "tlstm":
-            taps = self.kernel_size ** (self.dims - 1)
-            forward = 2 * r * m * seq_len + 2 * self.locations * taps * m * self.gate_channels * self.recurrent_steps
-        elif self.impl == "lstm_shared":  # the input projected to M, then L layers of [M] -> [4M] twice
-            forward = (2 * r * m + depth * 2 * 4 * m * 2 * m) * seq_len
+            forward = 2 * r * m * seq_len + 2 * self.locations * self.taps * m * self.gate_channels \
+                * self.recurrent_steps
         else:
-            forward = (2 * 4 * m * (r + m) + (depth - 1) * 2 * 4 * m * 2 * m) * seq_len
+            forward = lstm_step_flops(self.impl, r, m, self.depth) * seq_len
         forward *= self.batch
         return 3 * forward if self.mode == "training" else forward
 
@@ -229,40 +280,48 @@ class Point:
         # and Adam's two moments
         return (kept + b * t * (r + m) + weights) * size
 
-    def describe(self) -> str:
-        """One short line for progress output."""
-        size = f"P={self.tensor_size} " if self.tensor_size is not None else ""
-        if self.dims == 3:
-            size = f"3D P={self.tensor_size}x{self.tensor_size} "
-        if self.train is not None:
-            return (f"{self.impl} {size}L={self.depth} M={self.channels} {self.train.task_label()} seed {self.seed} "
-                    f"{self.dtype} {self.device}")
-        return (f"{self.impl} {size}L={self.depth} T={self.seq_len} B={self.batch} M={self.channels} "
-                f"{self.dtype} {self.mode} {self.device}")
+    def variant(self, shares_weights: bool = False) -> str:
+        """The paper's name of the point's model (tLSTM, 3D tLSTM+CN, sLSTM, ...)."""
+        return axes.variant_name(self, self.family, shares_weights)
 
+    def describe(self) -> str:
+        """One short line for progress output: the implementation, its variant when not the plain tLSTM,
+        and every axis that is a size or a choice."""
+        name = self.variant()
+        parts = [self.impl + (f" [{name}]" if name not in axes.PLAIN_VARIANTS else "")]
+        shown = [a for a in axes.point_axes() if not a.has(axes.SWITCH) and a.name != "channels"
+                 and not (self.train is not None and a.has(axes.TIMING))]
+        for axis in shown:
+            value = getattr(self, axis.name)
+            if not axes.missing(value):
+                parts.append(axis.label(value))
+        parts.insert(1, f"M={self.channels}")
+        if self.train is not None:
+            parts.append(f"{self.train.task_label()} seed {self.seed}")
+        return " ".join(parts)
+
+
+def _point_fields() -> list[tuple[str, Any, Any]]:
+    always = [a for a in axes.point_axes() if not a.optional]
+    added = [a for a in axes.point_axes() if a.optional]
+    return ([("impl", str), ("family", str)] + [(a.name, Any) for a in always]
+            + [("repeats", int), ("warmup", int), ("seed", int)]
+            + [(a.name, Any, field(default=a.absent)) for a in added]
+            + [("train", Any, field(default=None))])  # a training run (bench.train) rather than a timed call
+
+
+Point = make_dataclass("Point", _point_fields(), bases=(_PointBase,), frozen=True)
+Point.__module__ = __name__
+Point.__doc__ = _PointBase.__doc__
 
 CONFIG_FIELDS = tuple(f.name for f in fields(Point))
 # Fields absent from records written before they existed, with the value such a record means.
-OPTIONAL_CONFIG_FIELDS: dict[str, Any] = {"dims": 2, "train": None}
-TRAIN_FIELDS = tuple(f.name for f in fields(TrainSpec))
+OPTIONAL_CONFIG_FIELDS: dict[str, Any] = {**{a.name: a.absent for a in axes.point_axes() if a.optional},
+                                          "train": None}
+# Derived from a point's sizes once (Point.derived) and carried in every loaded row: the dependent steps of
+# one sequence, a tLSTM's locations and gate channels G, and the depth ceil(P / (K // 2)) its P and K give.
+DERIVED_FIELDS = ("recurrent_steps", "locations", "gate_channels", "tensor_depth")
 
-# Timing metrics: computed by timing_metrics() from the raw samples, nowhere else.
-TIMING_FIELDS = (
-    "time_median_s", "time_q1_s", "time_q3_s", "time_iqr_s", "noisy",
-    "time_per_step_s", "time_per_step_q1_s", "time_per_step_q3_s", "time_per_recurrent_step_s",
-    "throughput_tokens_s", "gflops", "processes", "process_spread", "processes_disagree",
-)  # fmt: skip
-# A training point's results (bench.train). ``curve``: one entry per evaluation, {"samples", "loss",
-# "symbol_acc", "sequence_acc", "wall_s"}; wall_s counts training time only, not the evaluations.
-TRAIN_METRIC_FIELDS = (
-    "core_params", "head_params", "solved", "samples_to_solve", "time_to_solve_s", "samples_seen", "train_time_s",
-    "step_time_s", "final_loss", "final_symbol_acc", "final_sequence_acc", "best_symbol_acc", "stop_reason",
-    "resumed", "curve",
-)  # fmt: skip
-METRIC_FIELDS = (
-    "params", "hidden_units", "backend", *TIMING_FIELDS, "flops", "peak_mem_bytes", "saved_bytes",
-    "rss_peak_bytes", "rss_delta_bytes", "energy_j", "energy_note", "max_abs_err", "profile", *TRAIN_METRIC_FIELDS,
-)  # fmt: skip
 # The environment of a run (bench.measure.environment), recorded with every point.
 ENV_FIELDS = (
     "torch", "cuda", "cudnn", "triton", "cpu_model", "cpu_flags", "cpu_capability", "gpu_model", "threads",
@@ -271,17 +330,12 @@ ENV_FIELDS = (
 )  # fmt: skip
 RECORD_FIELDS = ("schema", "key", "sweep", "index", "process", "config", "status", "message", "samples_s", "metrics",
                  "env", "started_at")
+METRIC_FIELDS = tuple(METRICS)
 # One row per point in the loaded results frame (bench.results.load, bench.pytest_benchmark_file.load).
-COLUMNS = (*CONFIG_FIELDS, "status", "message", *METRIC_FIELDS, "samples_s", "sample_processes", "key", "sweep",
-           "index", "started_at", "schema", "machine")
-NUMERIC_COLUMNS = (
-    "tensor_size", "depth", "seq_len", "batch", "channels", "input_size", "kernel_size", "dims", "params",
-    "hidden_units",
-    *(name for name in TIMING_FIELDS if name != "noisy"), "flops", "peak_mem_bytes", "saved_bytes",
-    "rss_peak_bytes", "rss_delta_bytes", "energy_j", "max_abs_err", "core_params", "head_params",
-    "samples_to_solve", "time_to_solve_s", "samples_seen", "train_time_s", "step_time_s", "final_loss",
-    "final_symbol_acc", "final_sequence_acc", "best_symbol_acc", "resumed",
-)  # fmt: skip
+COLUMNS = (*CONFIG_FIELDS, *DERIVED_FIELDS, "status", "message", *METRIC_FIELDS, "samples_s", "sample_processes",
+           "key", "sweep", "index", "started_at", "schema", "machine")
+NUMERIC_COLUMNS = (*(name for name in CONFIG_FIELDS if name in axes.names() and axes.numeric(name)), *DERIVED_FIELDS,
+                   *(name for name, kind in METRICS.items() if kind == "number"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -442,6 +496,11 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
     record = upgrade(record)
     config, metrics = record.get("config") or {}, record.get("metrics") or {}
     row = {name: config.get(name, OPTIONAL_CONFIG_FIELDS.get(name)) for name in CONFIG_FIELDS}
+    row.update(dict.fromkeys(DERIVED_FIELDS))
+    try:
+        row.update(Point.from_dict(config).derived())
+    except (ContractError, TypeError):  # a hand-written config without every field: nothing derived
+        pass
     row["status"] = record.get("status")
     row["message"] = record.get("message", "")
     row.update({name: metrics.get(name) for name in METRIC_FIELDS})
@@ -499,16 +558,3 @@ def results_frame(rows: list[dict[str, Any]], env: dict[str, Any], sweep: dict[s
     return df
 
 
-# ---------------------------------------------------------------------------------------------------
-# presentation shared by the CLI and the report
-
-
-def format_seconds(seconds: Any) -> str:
-    """Seconds in the unit that keeps three significant digits readable (ns, µs, ms, s); missing as 'n/a'."""
-    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
-        return "n/a"
-    s = float(seconds)
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if abs(s) >= scale:
-            return f"{s / scale:.3g} {unit}"
-    return f"{s / 1e-9:.3g} ns"

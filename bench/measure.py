@@ -120,8 +120,8 @@ def _native_lstm():
 
 def _reference(point: Point, model: nn.Module) -> tuple[nn.Module, torch.device, Any]:
     """A float64 reference with the model's weights: the one the implementation registered (on the point's
-    device) if any, else tlstm_naive for tLSTMs (on the point's device), the native (non-oneDNN,
-    non-cuDNN) torch.nn.LSTM on the CPU for stacked LSTMs."""
+    device) if any, else the family's reference implementation for tLSTMs (on the point's device), the
+    native (non-oneDNN, non-cuDNN) torch.nn.LSTM on the CPU for stacked LSTMs."""
     config = point.model_config()
     registered = implementations.get(point.impl).reference
     if registered is not None:
@@ -130,7 +130,8 @@ def _reference(point: Point, model: nn.Module) -> tuple[nn.Module, torch.device,
         context = nullcontext()
     elif point.family == "tlstm":
         device = torch.device(point.device)
-        reference = implementations.build("tlstm_naive", config, device=device, dtype=torch.float64)
+        reference = implementations.build(implementations.family_reference("tlstm"), config, device=device,
+                                          dtype=torch.float64)
         context = nullcontext()
     else:
         device = torch.device("cpu")
@@ -190,7 +191,8 @@ def check_correctness(
         if ratio >= worst_ratio:
             worst_name, worst_ratio = name, ratio
     reference_name = (f"{type(reference).__name__} float64" if implementations.get(point.impl).reference is not None
-                      else "tlstm_naive float64" if point.family == "tlstm" else "native nn.LSTM float64")
+                      else f"{implementations.family_reference('tlstm')} float64" if point.family == "tlstm"
+                      else "native nn.LSTM float64")
     summary = (f"gate vs {reference_name}: worst {worst_name}, max|err|/(1+max|ref|) = {worst_ratio:.3g}, "
                f"tolerance {tol:g}{note}")
     return worst_ratio <= tol, max_err, summary

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import results
+from . import axes, results
 from .contract import Point, make_record, measurement_id
 from .outdir import OutputLock
 from .sweep import Sweep
@@ -55,13 +55,12 @@ LOG_TAIL_LINES = 4
 
 
 def comparison_groups(points: list[Point], indices: list[int] | None = None) -> list[list[tuple[int, Point]]]:
-    """Consecutive points that differ only in the implementation (and the width a params pairing chose):
-    the implementations measured at one configuration, which are timed interleaved and never split."""
+    """Consecutive points equal in every axis with the ``group`` role (``bench.axes``): the implementations
+    measured at one configuration (their widths may differ, as a params pairing chose), which are timed
+    interleaved and never split."""
 
     def group(item: tuple[int, Point]) -> tuple:
-        point = item[1]
-        return (point.depth, point.seq_len, point.batch, point.input_size, point.kernel_size, point.mem_conv,
-                point.norm, point.dtype, point.mode, point.device)
+        return tuple(getattr(item[1], name) for name in axes.names(axes.GROUP))
 
     numbered = zip(indices if indices is not None else range(len(points)), points)
     return [list(members) for _, members in itertools.groupby(numbered, key=group)]

@@ -48,59 +48,27 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
-import hashlib
-import importlib
-import importlib.util
 import itertools
-import math
 import os
 import re
-import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import contract
-from .contract import DTYPES, MODES, Point, TrainSpec
+from . import axes
+from .contract import Point, TrainSpec
+from .plugins import PluginError, import_plugins
+from .sweep_values import SweepError, check_axis, check_value, describe_value, parse_set_value  # noqa: F401
 
 SWEEPS_DIR = Path(__file__).parent / "sweeps"
 
-DEVICES = ("auto", *contract.DEVICES)
-NORMS = ("none", "cn")
 PAIRS = ("depth", "params")
-# The paper's variants by name: (kernel_size, mem_conv, norm, dims). -F: K = 2 (no feedback); -M: no
-# memory-cell convolution; +CN: channel normalization; 3D: P x P locations.
-VARIANTS: dict[str, tuple[int, bool, str, int]] = {
-    f"{'3D ' if dims == 3 else ''}tLSTM{'-F' if k == 2 else ''}{'' if mem else '-M'}{'+CN' if norm == 'cn' else ''}":
-        (k, mem, norm, dims)
-    for dims in (2, 3) for k in (3, 2) for mem in (True, False) for norm in ("none", "cn")
-}  # fmt: skip
-SWITCH_AXES = ("kernel_size", "mem_conv", "norm", "dims")
-
-# Axis name -> (kind, minimum or allowed values, default values). Order here is the expansion order:
-# the last axes vary fastest, and the implementation varies fastest of all so that implementations are
-# measured interleaved, close together in time.
-# Numbers carry (minimum, maximum): the maxima keep a typo from asking the machine for the impossible
-# (sizes whose tensors would not fit are refused separately, from an estimate of their memory).
+# Axis name -> (kind, minimum or allowed values, default values), from the one table of axes (bench.axes).
 AXES: dict[str, tuple[str, Any, list[Any] | None]] = {
-    "device": ("choice", DEVICES, ["auto"]),
-    "dtype": ("choice", DTYPES, ["float32"]),
-    "mode": ("choice", MODES, ["training"]),
-    "input_size": ("int", (1, 65536), [64]),
-    "channels": ("int", (1, 65536), [64]),
-    "kernel_size": ("int", (2, 64), [3]),
-    "mem_conv": ("bool", None, [True]),
-    "norm": ("choice", NORMS, ["none"]),
-    "dims": ("choice", (2, 3), [2]),
-    "batch": ("int", (1, 1 << 20), [16]),
-    "seq_len": ("int", (1, 1 << 20), [64]),
-    "variant": ("choice", tuple(VARIANTS), None),
-    "tensor_size": ("int", (1, 4096), None),
-    "depth": ("int", (1, 4096), None),
-    "params": ("int", (1, 10**10), None),
-}
-SIZE_AXES = ("tensor_size", "depth")
+    a.name: (a.kind, a.rule, list(a.default) if a.default is not None else None) for a in axes.AXES}
+SWITCH_AXES = axes.names(axes.SWITCH)
+SIZE_AXES = axes.names(axes.SIZE)
 MAX_WIDTH = AXES["channels"][1][1]
 BUDGET: dict[str, tuple[str, Any, Any]] = {
     "repeats": ("int", (1, 100_000), 5),
@@ -115,11 +83,9 @@ BUDGET: dict[str, tuple[str, Any, Any]] = {
 SEED_RANGE = (0, 2**32 - 1)
 # A training sweep's [train] table: field -> (kind, rule, default); a None default is required (the task)
 # or needed by the task (its sizes).
+# The task's sizes are fields of the table too: each registered task's (bench.tasks), checked by the task.
 TRAIN: dict[str, tuple[str, Any, Any]] = {
-    "task": ("choice", ("addition", "memorization"), None),
-    "digits": ("int", (1, 18), None),  # addition: D
-    "length": ("int", (1, 10_000), None),  # memorization: S ...
-    "alphabet": ("int", (2, 10_000), None),  # ... from V symbols
+    "task": ("task", None, None),
     "seeds": ("ints", SEED_RANGE, [0]),  # one training run per seed (initialization and training data)
     "optimizer": ("choice", ("adam",), "adam"),
     "lr": ("float", (1e-7, 10.0), 1e-3),
@@ -134,21 +100,13 @@ TRAIN: dict[str, tuple[str, Any, Any]] = {
 }
 # Fields that only mean something for one kind of sweep: a timing sweep times calls on random inputs of
 # these sizes; a training sweep's sequences, batch and input come from its task.
-TIMING_ONLY_AXES = ("seq_len", "batch", "input_size", "mode")
+TIMING_ONLY_AXES = axes.names(axes.TIMING)
 TIMING_ONLY_BUDGET = ("repeats", "min_time_s", "warmup", "energy", "processes")
-TRAINING_ONLY_AXES = ("params",)
+TRAINING_ONLY_AXES = axes.names(axes.TRAINING)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 TOP_LEVEL = ("name", "description", "implementations", "pair", "seed", "plugins", "budget", "axes", "train")
 # Fields --set may override besides the axes (and, in a training sweep, train.<field>).
 SETTABLE_SCALARS = ("implementations", "pair", "seed", "plugins", *BUDGET)
-
-
-class SweepError(ValueError):
-    """A sweep file or override is invalid. ``str()`` names the source, the field and what is allowed."""
-
-    def __init__(self, source: str, field_name: str, message: str) -> None:
-        self.source, self.field_name, self.detail = source, field_name, message
-        super().__init__(f"{source}: {field_name}: {message}")
 
 
 def shipped_sweeps() -> dict[str, Path]:
@@ -168,86 +126,6 @@ def resolve_sweep_path(name_or_path: str) -> Path:
         return path
     allowed = ", ".join(shipped) or "(none shipped)"
     raise SweepError(name_or_path, "SWEEP", f"not a shipped sweep or a .toml path; shipped sweeps: {allowed}")
-
-
-# ---------------------------------------------------------------------------------------------------
-# validation of single values
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _check_value(source: str, name: str, kind: str, rule: Any, value: Any) -> Any:
-    if kind == "int":
-        lo, hi = rule
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise SweepError(source, name, f"must be an integer >= {lo} and <= {hi:,}, got {_describe(value)}")
-    elif kind == "float":
-        lo, hi = rule
-        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                or not lo <= value <= hi):
-            raise SweepError(source, name, f"must be a finite number >= {lo:g} and <= {hi:g}, got {_describe(value)}")
-        value = float(value)
-    elif kind == "bool":
-        if not isinstance(value, bool):
-            raise SweepError(source, name, f"must be true or false, got {_describe(value)}")
-    elif kind == "choice":
-        if value not in rule:
-            raise SweepError(source, name, f"must be one of {', '.join(map(str, rule))}; got {value!r}")
-    elif kind == "ints":
-        if not isinstance(value, list) or not value:
-            raise SweepError(source, name, f"must be a non-empty list of integers, got {_describe(value)}")
-        value = [_check_value(source, name, "int", rule, v) for v in value]
-        if len(set(value)) != len(value):
-            raise SweepError(source, name, f"lists a value twice: {value}")
-    return value
-
-
-def _check_axis(source: str, name: str, values: Any) -> list[Any]:
-    if name not in AXES:
-        raise SweepError(source, f"axes.{name}", f"unknown axis; allowed axes: {', '.join(AXES)}")
-    kind, rule, _ = AXES[name]
-    if not isinstance(values, list):
-        values = [values]
-    if not values:
-        raise SweepError(source, f"axes.{name}", "must list at least one value")
-    checked = [_check_value(source, f"axes.{name}", kind, rule, v) for v in values]
-    if len(set(map(repr, checked))) != len(checked):
-        raise SweepError(source, f"axes.{name}", f"lists a value twice: {checked}")
-    return checked
-
-
-# ---------------------------------------------------------------------------------------------------
-# plugins: modules that register implementations, imported by the CLI and by every worker
-
-
-def import_plugins(plugins: list[str], base_dir: Path | None = None, source: str = "sweep") -> None:
-    """Import each plugin: an importable module name (``my_package.tlstm``) or a ``.py`` path (relative to
-    ``base_dir``, the sweep file's folder). Nothing else is imported: the current directory is not put on
-    ``sys.path``, so a stray ``reports.py`` where the user runs is never executed."""
-    for plugin in plugins:
-        try:
-            if plugin.endswith(".py"):
-                path = Path(plugin)
-                if not path.is_absolute() and base_dir is not None:
-                    path = base_dir / path
-                path = path.resolve()
-                module_name = "tlstm_plugin_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
-                if module_name in sys.modules:  # importing twice would register twice
-                    continue
-                spec = importlib.util.spec_from_file_location(module_name, path)
-                if spec is None or spec.loader is None or not path.is_file():
-                    raise FileNotFoundError(f"no such file {path}")
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[module_name] = module
-                spec.loader.exec_module(module)
-            else:
-                importlib.import_module(plugin)
-        except SystemExit as exc:
-            raise SweepError(source, "plugins", f"importing {plugin!r} called sys.exit({exc.code!r})") from None
-        except Exception as exc:
-            raise SweepError(source, "plugins", f"cannot import {plugin!r}: {exc!r}") from exc
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -283,23 +161,24 @@ class Sweep:
         if "name" in data:
             if not isinstance(data["name"], str) or not NAME_PATTERN.fullmatch(data["name"]):
                 raise SweepError(source, "name", "must be 1-100 letters, digits, '.', '_' or '-' (it names the output "
-                                 f"directory results/<name>-<time>), got {_describe(data['name'])}")
+                                 f"directory results/<name>-<time>), got {describe_value(data['name'])}")
             sweep.name = data["name"]
         if "description" in data:
             if not isinstance(data["description"], str):
-                raise SweepError(source, "description", f"must be a string, got {_describe(data['description'])}")
+                raise SweepError(source, "description", f"must be a string, got {describe_value(data['description'])}")
             sweep.description = data["description"]
         for key in ("implementations", "pair", "seed", "plugins"):
             if key in data:
                 sweep._set_scalar(source, key, data[key])
         budget = data.get("budget", {})
         if not isinstance(budget, dict):
-            raise SweepError(source, "budget", f"must be a table ([budget]), got {_describe(budget)}")
+            raise SweepError(source, "budget", f"must be a table ([budget]), got {describe_value(budget)}")
         axes = data.get("axes")
         if not isinstance(axes, dict):
             raise SweepError(source, "axes",
-                             f"must be a table ([axes]) with {' or '.join(SIZE_AXES)}, got {_describe(axes)}")
+                             f"must be a table ([axes]) with {' or '.join(SIZE_AXES)}, got {describe_value(axes)}")
         if "train" in data:
+            sweep.load_plugins()  # a plugin may register the task
             sweep._set_train(source, data["train"])
             misplaced = [f"axes.{a}" for a in TIMING_ONLY_AXES if a in axes]
             misplaced += [f"budget.{b}" for b in TIMING_ONLY_BUDGET if b in budget]
@@ -322,38 +201,38 @@ class Sweep:
             sweep._set_scalar(source, f"budget.{key}", value)
         if sweep.train is not None and "timeout_s" not in budget:  # a run may train for max_time_s, then evaluate
             sweep.budget["timeout_s"] = 2 * sweep.train["max_time_s"] + 120
-        sweep.axes = {name: _check_axis(source, name, values) for name, values in axes.items()}
+        sweep.axes = {name: check_axis(source, name, values) for name, values in axes.items()}
         sweep._check_sizes(source)
         return sweep
 
     def _set_train(self, source: str, table: Any) -> None:
-        """Validate a [train] table (defaults filled in) and its task's sizes."""
-        from .tasks import TaskError, make_task
+        """Validate a [train] table (defaults filled in) and its task's sizes (``bench.tasks``)."""
+        from . import tasks
 
         if not isinstance(table, dict):
-            raise SweepError(source, "train", f"must be a table ([train]), got {_describe(table)}")
-        unknown = sorted(set(table) - set(TRAIN))
+            raise SweepError(source, "train", f"must be a table ([train]), got {describe_value(table)}")
+        sizes = tasks.size_names()
+        unknown = sorted(set(table) - set(TRAIN) - set(sizes))
         if unknown:
-            raise SweepError(source, f"train.{unknown[0]}", f"unknown field; allowed: {', '.join(TRAIN)}")
-        if "task" not in table:
-            raise SweepError(source, "train.task", f"required; one of {', '.join(TRAIN['task'][1])}")
+            raise SweepError(source, f"train.{unknown[0]}", f"unknown field; allowed: {', '.join([*TRAIN, *sizes])}")
+        if table.get("task") not in tasks.TASKS:
+            raise SweepError(source, "train.task", ("required; " if "task" not in table else
+                                                    f"got {describe_value(table['task'])}; ") +
+                             f"one of {', '.join(tasks.TASKS)}")
         train = {k: default for k, (_, _, default) in TRAIN.items()}
         for key, value in table.items():
-            kind, rule, _ = TRAIN[key]
-            train[key] = _check_value(source, f"train.{key}", kind, rule, value)
-        sizes = {"addition": ("digits",), "memorization": ("length", "alphabet")}
-        for name in sizes[train["task"]]:
-            if train[name] is None:
-                raise SweepError(source, f"train.{name}", f"required by task {train['task']!r} "
-                                 f"(an integer from {TRAIN[name][1][0]} to {TRAIN[name][1][1]:,})")
-        for name in {"digits", "length", "alphabet"} - set(sizes[train["task"]]):
-            if train[name] is not None:
-                raise SweepError(source, f"train.{name}", f"not a size of task {train['task']!r}; it takes "
-                                 f"{' and '.join(sizes[train['task']])}")
+            if key in TRAIN and key != "task":
+                kind, rule, _ = TRAIN[key]
+                train[key] = check_value(source, f"train.{key}", kind, rule, value)
+        task_sizes = {k: v for k, v in table.items() if k in sizes}
         try:
-            make_task(train["task"], digits=train["digits"], length=train["length"], alphabet=train["alphabet"])
-        except TaskError as exc:
-            raise SweepError(source, "train", str(exc)) from None
+            task = tasks.make_task(table["task"], **task_sizes)
+        except tasks.TaskError as exc:
+            detail = str(exc).removeprefix(f"{exc.field} is ").removeprefix(f"{exc.field} ")
+            raise SweepError(source, f"train.{exc.field}", detail) from None
+        train["task"] = task.name
+        train.update({size: None for size in sizes})
+        train.update(task.sizes)
         self.train = train
 
     def _set_scalar(self, source: str, key: str, value: Any) -> None:
@@ -362,22 +241,24 @@ class Sweep:
             if bare not in BUDGET:
                 raise SweepError(source, key, f"unknown budget field; allowed: {', '.join(BUDGET)}")
             kind, rule, _ = BUDGET[bare]
-            self.budget[bare] = _check_value(source, f"budget.{bare}", kind, rule, value)
+            self.budget[bare] = check_value(source, f"budget.{bare}", kind, rule, value)
         elif key == "implementations":
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-                raise SweepError(source, key, f"must be a non-empty list of names or globs, got {_describe(value)}")
+                raise SweepError(source, key,
+                                 f"must be a non-empty list of names or globs, got {describe_value(value)}")
             self.implementations = value
         elif key == "pair":
-            self.pair = _check_value(source, key, "choice", PAIRS, value)
+            self.pair = check_value(source, key, "choice", PAIRS, value)
         elif key == "seed":
-            self.seed = _check_value(source, key, "int", SEED_RANGE, value)
+            self.seed = check_value(source, key, "int", SEED_RANGE, value)
         elif key == "plugins":
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                raise SweepError(source, key, f"must be a list of module names or .py paths, got {_describe(value)}")
+                raise SweepError(source, key,
+                                 f"must be a list of module names or .py paths, got {describe_value(value)}")
             self.plugins = value
         else:  # pragma: no cover - callers pass known keys only
             raise SweepError(source, key, "unknown field")
@@ -436,7 +317,7 @@ class Sweep:
                 if key == "variant":  # the variants replace the switches they set
                     for other in SWITCH_AXES:
                         sweep.axes.pop(other, None)
-                sweep.axes[key] = _check_axis(source, key, value)
+                sweep.axes[key] = check_axis(source, key, value)
             elif key in SETTABLE_SCALARS:
                 if key in ("implementations", "plugins") and isinstance(value, str):
                     value = [value]
@@ -447,15 +328,20 @@ class Sweep:
                 train_sets[key.removeprefix("train.")] = value
                 train_texts.append(source)
             else:
-                allowed = ", ".join([*AXES, *SETTABLE_SCALARS, *(f"train.{k}" for k in TRAIN if sweep.train)])
+                from .tasks import size_names
+
+                allowed = ", ".join([*AXES, *SETTABLE_SCALARS,
+                                     *(f"train.{k}" for k in [*TRAIN, *size_names()] if sweep.train)])
                 raise SweepError(source, key, f"unknown axis or setting; allowed: {allowed}")
             sweep.overrides.append(text)
         if train_sets:
             assert sweep.train is not None
-            table = {k: v for k, v in sweep.train.items() if v is not None and v != TRAIN[k][2]}
+            from .tasks import size_names
+
+            table = {k: v for k, v in sweep.train.items() if v is not None and v != TRAIN.get(k, (0, 0, None))[2]}
             table["task"] = sweep.train["task"]
             if train_sets.get("task", table["task"]) != table["task"]:  # a new task: the old one's sizes go
-                for size in ("digits", "length", "alphabet"):
+                for size in size_names():
                     table.pop(size, None)
             sweep._set_train(", ".join(train_texts), {**table, **train_sets})
         sweep._check_sizes("--set")
@@ -464,7 +350,10 @@ class Sweep:
     # -- implementations ----------------------------------------------------------------------------
 
     def load_plugins(self) -> None:
-        import_plugins(self.plugins, Path(self.base_dir) if self.base_dir else None, self.source)
+        try:
+            import_plugins(self.plugins, Path(self.base_dir) if self.base_dir else None)
+        except PluginError as exc:
+            raise SweepError(self.source, "plugins", str(exc)) from exc.__cause__
 
     def implementation_names(self) -> list[str]:
         """The registered names the sweep selects (plugins imported first); unknown names are refused."""
@@ -510,74 +399,53 @@ class Sweep:
 
             cuda_available = torch.cuda.is_available()
         names = self.implementation_names()
-        axes = self.axis_values()
-        size_axis = "tensor_size" if "tensor_size" in axes else "depth"
-        order = list(axes)
+        axis_values = self.axis_values()
+        size_axis = "tensor_size" if "tensor_size" in axis_values else "depth"
         task = self._task()
         seeds = self.train["seeds"] if self.train is not None else [self.seed]
+        point_axes = [a.name for a in axes.point_axes()]
         points: list[Point] = []
         seen: set[str] = set()
-        for combo in itertools.product(*(axes[a] for a in order)):
-            values = dict(zip(order, combo))
-            if "variant" in values:
-                values["kernel_size"], values["mem_conv"], values["norm"], values["dims"] = VARIANTS[values["variant"]]
-            device = values["device"]
-            if device == "auto":
-                device = "cuda" if cuda_available else "cpu"
-            kernel_size, channels = values["kernel_size"], values.get("channels")
-            norm = None if values["norm"] == "none" else values["norm"]
+        for combo in itertools.product(*axis_values.values()):
+            values = {name: None if value == "none" else value for name, value in zip(axis_values, combo)}
+            values.update(axes.variant_switches(values.pop("variant")) if "variant" in values else {})
+            if values["device"] == "auto":
+                values["device"] = "cuda" if cuda_available else "cpu"
             if size_axis == "tensor_size":
-                tensor_size = values["tensor_size"]
-                depth = tlstm_depth(tensor_size, kernel_size)
-            else:
-                depth = values["depth"]
-                # the largest P whose derived depth is L: P = L * (K // 2)
-                tensor_size = depth * (kernel_size // 2)
-            input_size = task.input_symbols if task is not None else values["input_size"]
+                values["depth"] = tlstm_depth(values["tensor_size"], values["kernel_size"])
+            else:  # the largest P whose derived depth is L: P = L * (K // 2)
+                values["tensor_size"] = values["depth"] * (values["kernel_size"] // 2)
+            if task is not None:  # the task gives the sequences and the input; the sweep's [train] the batch
+                values.update(input_size=task.input_symbols, seq_len=task.seq_len, batch=self.train["batch"],
+                              mode="training")
+            budget = values.pop("params", None) if self.pair == "params" else None
             for seed in seeds:
                 for name in names:
                     family = implementations.get(name).family
-                    switches = (kernel_size, values["mem_conv"], norm)
-                    dims = values["dims"] if family == "tlstm" else 2  # a stacked LSTM has no dims
-                    if family == "lstm" and (task is not None or "variant" in values):
-                        switches = (3, True, None)  # nor any of the tLSTM's switches
-                    config = ModelConfig(input_size, 1, tensor_size if family == "tlstm" else None, *switches,
-                                         depth=None if family == "tlstm" else depth, dims=dims)
+                    config = dict(values)
+                    if family == "lstm":  # a stacked LSTM has no dims, and none of the tLSTM's switches ...
+                        config["dims"] = 2
+                        if task is not None or "variant" in axis_values:  # ... where they name a tLSTM variant
+                            config.update({k: v for k, v in axes.variant_switches("tLSTM").items() if k != "dims"})
+                        if size_axis == "depth":  # it keeps P only when paired with a tLSTM's P
+                            config["tensor_size"] = None
+                    model = ModelConfig(**{k: config.get(k) for k in axes.names(axes.MODEL)} | {
+                        "channels": 1, "tensor_size": config["tensor_size"] if family == "tlstm" else None,
+                        "depth": None if family == "tlstm" else config["depth"]})
 
-                    def count(width: int, name=name, config=config) -> int:
-                        head = task.output_symbols * (width + 1) if task is not None else 0  # bench.train's read-out
-                        return implementations.param_count(name, dataclasses.replace(config, channels=width)) + head
+                    def count(width: int, name=name, model=model) -> int:
+                        head = task.head_params(width) if task is not None else 0
+                        return implementations.param_count(name, dataclasses.replace(model, channels=width)) + head
 
-                    width = channels
                     if task is not None and self.pair == "params":
-                        width = self._width_for_budget(count, values["params"], name)
+                        config["channels"] = self._width_for_budget(count, budget, name)
                     elif task is None and family == "lstm" and self.pair == "params":
-                        target = implementations.param_count(
-                            "tlstm_naive", ModelConfig(input_size, channels, tensor_size, *switches,
-                                                       dims=values["dims"]))
-                        width = width_for_budget(count, target)
-                    point = Point(
-                        impl=name,
-                        family=family,
-                        # a stacked LSTM has no tensor size: it keeps P only when paired with a tLSTM's P
-                        tensor_size=tensor_size if family == "tlstm" or size_axis == "tensor_size" else None,
-                        depth=depth,
-                        seq_len=task.seq_len if task is not None else values["seq_len"],
-                        batch=self.train["batch"] if task is not None else values["batch"],
-                        channels=width,
-                        input_size=input_size,
-                        kernel_size=switches[0],
-                        mem_conv=switches[1],
-                        norm=switches[2],
-                        dtype=values["dtype"],
-                        mode="training" if task is not None else values["mode"],
-                        device=device,
-                        repeats=0 if task is not None else self.budget["repeats"],
-                        warmup=0 if task is not None else self.budget["warmup"],
-                        seed=seed,
-                        dims=dims,
-                        train=self._train_spec(values.get("params") if self.pair == "params" else None),
-                    )  # fmt: skip
+                        tlstm = ModelConfig(**{k: values[k] for k in axes.names(axes.MODEL)} | {"depth": None})
+                        config["channels"] = width_for_budget(count, implementations.family_param_count("tlstm", tlstm))
+                    point = Point(impl=name, family=family, **{k: config.get(k) for k in point_axes},
+                                  repeats=0 if task is not None else self.budget["repeats"],
+                                  warmup=0 if task is not None else self.budget["warmup"],
+                                  seed=seed, train=self._train_spec(budget))
                     if point.key in seen:
                         continue
                     seen.add(point.key)
@@ -589,16 +457,15 @@ class Sweep:
         """The training sweep's task (``bench.tasks.Task``); None for a timing sweep."""
         if self.train is None:
             return None
-        from .tasks import make_task
+        from .tasks import from_train
 
-        t = self.train
-        return make_task(t["task"], digits=t["digits"], length=t["length"], alphabet=t["alphabet"])
+        return from_train(self.train)
 
     def _train_spec(self, params_budget: int | None) -> TrainSpec | None:
         if self.train is None:
             return None
         settings = {k: v for k, v in self.train.items() if k not in ("seeds", "batch")}
-        return TrainSpec(**settings, params_budget=params_budget)
+        return TrainSpec.from_dict({**settings, "params_budget": params_budget})
 
     def _width_for_budget(self, count, budget: int, name: str) -> int:
         smallest, largest = count(1), count(MAX_WIDTH)
@@ -679,28 +546,6 @@ def width_for_budget(params, target: int) -> int:
             hi = mid
     below = max(lo - 1, 1)
     return below if abs(params(below) - target) <= abs(params(lo) - target) else lo
-
-
-def parse_set_value(source: str, key: str, raw: str) -> Any:
-    """``[1,16]`` / ``16`` / ``true`` / ``"x"`` as TOML; else bare words, comma-separated (``bfloat16``, ``1,2,4``)."""
-    if not raw:
-        raise SweepError(source, key, "no value given after '='")
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        pass
-    except RecursionError:
-        raise SweepError(source, key, "value nested too deeply to read") from None
-    items = [item.strip() for item in raw.strip("[]").split(",")]
-    parsed: list[Any] = []
-    for item in items:
-        if not item:
-            raise SweepError(source, key, f"empty item in {raw!r}")
-        try:
-            parsed.append(tomllib.loads(f"v = {item}")["v"])
-        except tomllib.TOMLDecodeError:
-            parsed.append(item)  # a bare word: a dtype, a mode, a device, an implementation glob
-    return parsed if len(parsed) > 1 or "," in raw or raw.startswith("[") else parsed[0]
 
 
 def load_sweep(name_or_path: str, overrides: list[str] | None = None) -> Sweep:

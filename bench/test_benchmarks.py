@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import measure, train
+from bench import axes, measure, train
 from bench import pytest_plugin as plugin
 from bench.contract import SCHEMA_VERSION, Point
 from bench.profile import profile_call
@@ -36,10 +36,7 @@ from bench.runner import TRACES_DIR
 
 def _switches(point: Point) -> str:
     """The tLSTM switches away from the default (K = 3, memory-cell convolution, no CN, 2D), e.g. "-3D-K2+CN"."""
-    if point.family != "tlstm":
-        return ""
-    return (("-3D" if point.dims == 3 else "") + (f"-K{point.kernel_size}" if point.kernel_size != 3 else "")
-            + ("-M" if not point.mem_conv else "") + ("+CN" if point.norm == "cn" else ""))
+    return axes.switch_id(point) if point.family == "tlstm" else ""
 
 
 def point_id(point: Point) -> str:
@@ -51,10 +48,8 @@ def point_id(point: Point) -> str:
 def point_group(point: Point) -> str:
     """Same sizes and mode, every implementation (and variant): one table that answers "which is faster here"."""
     size = f"P={point.tensor_size} " if point.tensor_size is not None else ""
-    return (
-        f"{size}L={point.depth} T={point.seq_len} B={point.batch} M={point.channels} K={point.kernel_size} "
-        f"{point.dtype} {point.mode} {point.device}"
-    )
+    return size + axes.labels({name: getattr(point, name) for name in axes.names(axes.GROUP)}, skip=axes.names(
+        axes.SWITCH)).replace(", ", " ")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

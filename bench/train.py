@@ -44,12 +44,7 @@ CHECKPOINT_VERSION = 1
 
 
 def task_of(spec: TrainSpec) -> Task:
-    return make_task(spec.task, digits=spec.digits, length=spec.length, alphabet=spec.alphabet)
-
-
-def head_param_count(channels: int, output_symbols: int) -> int:
-    """The read-out's parameters: an [M, V_out] weight and a V_out bias."""
-    return channels * output_symbols + output_symbols
+    return make_task(spec.task, **dict(spec.sizes))
 
 
 class TaskModel(nn.Module):

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     import implementations  # noqa: F401  (registers the built-in implementations)
-    from bench.sweep import import_plugins
+    from bench.plugins import import_plugins
 
     if threads > 0:
         torch.set_num_threads(threads)

@@ -100,25 +100,49 @@ class ModelConfig:
     @property
     def taps(self) -> int:
         """Kernel taps per location: K, or K*K for the 3D tLSTM."""
-        return self.kernel_size ** (self.dims - 1)
+        return tlstm_taps(self.kernel_size, self.dims)
 
     @property
     def locations(self) -> int:
         """Hidden locations: P, or P*P for the 3D tLSTM."""
-        return self.tensor_size ** (self.dims - 1)  # type: ignore[operator]
+        return tlstm_locations(self.tensor_size, self.dims)  # type: ignore[arg-type]
 
     @property
     def gate_channels(self) -> int:
         """G: 4M gate pre-activations, plus one memory-kernel logit per tap with the memory-cell convolution."""
-        return 4 * self.channels + (self.taps if self.mem_conv else 0)
+        return tlstm_gate_channels(self.channels, self.kernel_size, self.dims, self.mem_conv)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+# The tLSTM's derived sizes, each computed here only: ModelConfig, the Triton kernels' shapes and the
+# suite's points (bench.contract.Point) call these.
+
+
 def tlstm_depth(tensor_size: int, kernel_size: int) -> int:
     """L = ceil(P / (K // 2)): steps an input needs to reach the output location."""
     return math.ceil(tensor_size / (kernel_size // 2))
+
+
+def tlstm_steps(seq_len: int, depth: int) -> int:
+    """T + L - 1: the dependent steps one sequence takes (the output lags the input by L - 1 steps)."""
+    return seq_len + depth - 1
+
+
+def tlstm_locations(tensor_size: int, dims: int) -> int:
+    """Hidden locations: P, or P*P for the 3D tLSTM."""
+    return tensor_size ** (dims - 1)
+
+
+def tlstm_taps(kernel_size: int, dims: int) -> int:
+    """Kernel taps per location: K, or K*K for the 3D tLSTM."""
+    return kernel_size ** (dims - 1)
+
+
+def tlstm_gate_channels(channels: int, kernel_size: int, dims: int, mem_conv: bool) -> int:
+    """G: 4M gate pre-activations, plus one memory-kernel logit per tap with the memory-cell convolution."""
+    return 4 * channels + (tlstm_taps(kernel_size, dims) if mem_conv else 0)
 
 
 def tlstm_param_count(config: ModelConfig) -> int:

@@ -26,14 +26,8 @@ class LSTMBaseline(nn.LSTM):
     Outputs: y of shape [B, T, M] and the final (h, c), each [L, B, M].
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        channels: int,
-        depth: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
+    def __init__(self, input_size: int, channels: int, depth: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__(input_size, channels, num_layers=depth, batch_first=True, device=device, dtype=dtype)
         if self.weight_ih_l0.is_cuda:
             self.flatten_parameters()
@@ -80,6 +74,7 @@ def lstm_backend(run: Callable[[], object]) -> str:
     devices=("cpu", "cuda"),
     dtypes=(torch.float32, torch.float64, torch.bfloat16, torch.float16),
     description="stacked LSTM baseline: torch.nn.LSTM (cuDNN on CUDA, oneDNN on CPU)",
+    style=("#1f77b4", "s"),
 )
 def build_lstm_cudnn(config: ModelConfig, *, device: torch.device, dtype: torch.dtype) -> LSTMBaseline:
     return LSTMBaseline(config.input_size, config.channels, config.layers, device=device, dtype=dtype)

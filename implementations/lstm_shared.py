@@ -121,15 +121,8 @@ class SharedLSTM(_SharedWeights):
     so cuDNN uses them without copying.
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        channels: int,
-        depth: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(input_size, channels, depth, device=device, dtype=dtype)
+    def __init__(self, *args, **kwargs) -> None:  # _SharedWeights' sizes, device and dtype
+        super().__init__(*args, **kwargs)
         self.flatten_parameters()
 
     def _layer_weights(self) -> list[Tensor]:
@@ -209,6 +202,11 @@ class SharedLSTMReference(_SharedWeights):
         return y, (torch.stack(h), torch.stack(c))
 
 
+def lstm_shared_step_flops(input_size: int, channels: int, depth: int) -> int:
+    """Forward FLOPs per sample and step: the input projected to M, then L layers of [M] -> [4M] twice."""
+    return 2 * input_size * channels + depth * 2 * 4 * channels * 2 * channels
+
+
 def build_lstm_shared_reference(config: ModelConfig, device: torch.device) -> SharedLSTMReference:
     """The gate's float64 reference for lstm_shared."""
     return SharedLSTMReference.from_config(config, device=device, dtype=torch.float64)
@@ -224,6 +222,9 @@ def build_lstm_shared_reference(config: ModelConfig, device: torch.device) -> Sh
     "to M, then one torch.lstm layer per depth (cuDNN on CUDA, oneDNN on CPU)",
     param_count=lstm_shared_param_count,
     reference=build_lstm_shared_reference,
+    shares_weights=True,
+    step_flops=lstm_shared_step_flops,
+    style=("#2ca02c", "v"),
 )
 def build_lstm_shared(config: ModelConfig, *, device: torch.device, dtype: torch.dtype) -> SharedLSTM:
     return SharedLSTM.from_config(config, device=device, dtype=dtype)

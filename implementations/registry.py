@@ -11,8 +11,9 @@ from __future__ import annotations
 import fnmatch
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import metadata
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ Builder = Callable[..., nn.Module]
 Availability = Callable[[torch.device], "str | None"]
 ParamCount = Callable[[ModelConfig], int]
 ReferenceBuilder = Callable[[ModelConfig, torch.device], nn.Module]
+StepFlops = Callable[[int, int, int], int]
 
 # The parameter count of a family's implementations when one does not give its own.
 FAMILY_PARAM_COUNT: dict[str, ParamCount] = {"tlstm": tlstm_param_count, "lstm": lstm_param_count}
@@ -61,8 +63,15 @@ class Implementation:
             family's formula (``tlstm_param_count`` or ``lstm_param_count``). See :func:`param_count`.
         reference: ``reference(config, device) -> nn.Module``, the float64 module the correctness gate
             compares it with, with the same parameter names (the implementation's ``state_dict`` loads
-            into it); None: the family's reference (tlstm_naive for tLSTMs, the native nn.LSTM for
-            stacked LSTMs).
+            into it); None: the family's reference (the tLSTM registered with ``family_reference``, the
+            native nn.LSTM for stacked LSTMs).
+        family_reference: it is its family's readable reference: the correctness gate's float64 oracle for
+            the family's other implementations, and what the report's speedups are measured against.
+        shares_weights: a stacked LSTM whose L layers share one set of weights (its width does not
+            shrink with depth at a fixed parameter budget; the report names it "sLSTM (shared)").
+        step_flops: ``step_flops(R, M, L) -> int``, a stacked LSTM's forward FLOPs per sample and step
+            when not the stacked LSTM's formula (``bench.contract.lstm_step_flops``).
+        style: (colour, marker) of its lines in every figure; None: derived from a hash of the name.
     """
 
     name: str
@@ -74,6 +83,10 @@ class Implementation:
     availability: Availability = field(default=_always_available)
     param_count: ParamCount | None = None
     reference: ReferenceBuilder | None = None
+    family_reference: bool = False
+    shares_weights: bool = False
+    step_flops: StepFlops | None = None
+    style: tuple[str, str] | None = None
 
     def unavailable_reason(self, device: torch.device | str) -> str | None:
         """None if this implementation can run on ``device``, else a sentence saying why not."""
@@ -92,38 +105,29 @@ _REGISTRY: dict[str, Implementation] = {}
 _plugins_loaded = False
 
 
-def register(
-    name: str,
-    *,
-    family: str,
-    devices: Iterable[str] = ("cpu", "cuda"),
-    dtypes: Iterable[torch.dtype] = (torch.float32, torch.float64),
-    description: str = "",
-    availability: Availability | None = None,
-    param_count: ParamCount | None = None,
-    reference: ReferenceBuilder | None = None,
-) -> Callable[[Builder], Builder]:
+def register(name: str, *, family: str, devices: Iterable[str] = ("cpu", "cuda"),
+             dtypes: Iterable[torch.dtype] = (torch.float32, torch.float64), availability: Availability | None = None,
+             **facts: Any) -> Callable[[Builder], Builder]:
     """Decorator that registers ``builder`` under ``name``. A duplicate name is an error.
 
-    ``param_count`` and ``reference`` are needed only where the family's defaults do not fit (see
-    :class:`Implementation`)."""
+    ``facts``: the other fields of :class:`Implementation` (``description``, ``param_count``, ``reference``,
+    ``family_reference``, ``shares_weights``, ``step_flops``, ``style``), each needed only where the
+    family's default does not fit."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    known = {f.name for f in fields(Implementation)} - {"name", "family", "builder", "devices", "dtypes",
+                                                         "availability"}
+    unknown = sorted(set(facts) - known)
+    if unknown:
+        raise TypeError(f"register({name!r}): unknown field(s) {', '.join(unknown)}; "
+                        f"allowed: {', '.join(sorted(known))}")
 
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"implementation {name!r} is already registered")
-        _REGISTRY[name] = Implementation(
-            name=name,
-            family=family,
-            builder=builder,
-            devices=tuple(devices),
-            dtypes=tuple(dtypes),
-            description=description,
-            availability=availability or _always_available,
-            param_count=param_count,
-            reference=reference,
-        )
+        _REGISTRY[name] = Implementation(name=name, family=family, builder=builder, devices=tuple(devices),
+                                         dtypes=tuple(dtypes), availability=availability or _always_available,
+                                         **facts)
         return builder
 
     return decorator
@@ -164,6 +168,16 @@ def param_count(name: str, config: ModelConfig) -> int:
     impl = get(name)
     count = impl.param_count or FAMILY_PARAM_COUNT[impl.family]
     return count(config)
+
+
+def family_reference(family: str) -> str | None:
+    """The name of the family's readable reference implementation (registered with ``family_reference``)."""
+    return next((impl.name for impl in list_implementations(family=family) if impl.family_reference), None)
+
+
+def family_param_count(family: str, config: ModelConfig) -> int:
+    """The parameter count of a model of ``family`` built from ``config`` by the family's formula."""
+    return FAMILY_PARAM_COUNT[family](config)
 
 
 def list_implementations(pattern: str | Iterable[str] = "*", family: str | None = None) -> list[Implementation]:

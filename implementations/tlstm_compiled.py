@@ -64,6 +64,7 @@ class TLSTMCompiled(TLSTMNaive):
     devices=("cpu", "cuda"),
     dtypes=(torch.float32, torch.float64),
     description="reference tLSTM with its step under torch.compile (Inductor)",
+    style=("#9467bd", "D"),
 )
 def build_tlstm_compiled(config: ModelConfig, *, device: torch.device, dtype: torch.dtype) -> TLSTMCompiled:
     return TLSTMCompiled.from_config(config, device=device, dtype=dtype)

@@ -73,6 +73,7 @@ class TLSTMFused(TLSTMNaive):
     dtypes=(torch.float32, torch.float64, torch.bfloat16, torch.float16),
     description="fused whole-sequence tLSTM: C++ operator on CPU, Triton kernels on CUDA",
     availability=_availability,
+    style=("#d62728", "o"),
 )
 def build_tlstm_fused(
     config: ModelConfig, *, device: torch.device, dtype: torch.dtype, backend: str | None = None

@@ -265,6 +265,8 @@ class TLSTMNaive(nn.Module):
     devices=("cpu", "cuda"),
     dtypes=(torch.float32, torch.float64, torch.bfloat16, torch.float16),
     description="reference tLSTM: plain PyTorch, one loop iteration per timestep (the oracle)",
+    family_reference=True,
+    style=("#7f7f7f", "^"),
 )
 def build_tlstm_naive(config: ModelConfig, *, device: torch.device, dtype: torch.dtype) -> TLSTMNaive:
     return TLSTMNaive.from_config(config, device=device, dtype=dtype)

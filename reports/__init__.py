@@ -9,7 +9,7 @@ as a PNG in ``<stem>_figures/``. ``judge_claims`` gives the verdicts on the pape
 budget, judged seed by seed). Nothing here measures; the report reads only the results contract's columns.
 """
 
-from .capacity import Capacity, build_capacity, capacity_rows, compare, judge_capacity
+from .capacity import Capacity, build_capacity, capacity_rows, judge_capacity
 from .claims import VERDICTS, Claim, judge_cheaper, judge_claims, judge_deeper, judge_faster, judge_wider
 from .data import ReportInputError, normalize, timing_rows, training_rows
 from .figures import Figure, build_figures, matched_speedups
@@ -27,7 +27,6 @@ __all__ = [
     "build_figures",
     "build_report",
     "capacity_rows",
-    "compare",
     "judge_capacity",
     "judge_cheaper",
     "judge_claims",

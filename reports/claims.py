@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.contract import format_seconds
+from bench import axes
+from bench.axes import format_seconds
 
 from .data import fmt_int, ok_rows, timing_rows
 from .stats import BOOTSTRAP_REPLICATES, CONFIDENCE, Interval, bootstrap_medians, interval, slopes
@@ -62,16 +63,6 @@ def _ints(values: Any) -> list[int]:
     return sorted({int(v) for v in values if not (isinstance(v, float) and math.isnan(v))})
 
 
-def _sizes(row: Any, fields: tuple[str, ...]) -> str:
-    parts = []
-    for name in fields:
-        value = row[name]
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            continue
-        parts.append(f"{name}={int(value) if isinstance(value, float) and value.is_integer() else value}")
-    return ", ".join(parts)
-
-
 def judge_wider(df: pd.DataFrame) -> Claim:
     """Wider: at fixed M, R and K, a tLSTM's parameter count is identical for every P present while
     its hidden size P*M grows; a stacked LSTM's count grows with every layer."""
@@ -81,7 +72,8 @@ def judge_wider(df: pd.DataFrame) -> Claim:
             "with one LSTM layer as wide as the tLSTM's hidden state and with the stacked LSTM of depth P")
     ok = ok_rows(df)
     tl = ok[(ok["family"] == "tlstm") & ok["params"].notna() & ok["tensor_size"].notna()]
-    group_keys = ["impl", "variant", "channels", "input_size", "kernel_size"]
+    # one tLSTM: an implementation at every model axis but its size
+    group_keys = ["impl", "variant", *(a for a in axes.names(axes.MODEL) if a not in axes.names(axes.SIZE))]
     details: list[str] = []
     data: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -94,11 +86,14 @@ def judge_wider(df: pd.DataFrame) -> Claim:
         hidden = [per_p.get(float(p), math.nan) for p in sizes]
         hidden_grows = all(b > a for a, b in zip(hidden, hidden[1:]) if not (math.isnan(a) or math.isnan(b)))
         constant = len(params) == 1
-        where = f"{key[0]} ({key[1]}, M={int(key[2])}, R={int(key[3])}, K={int(key[4])})"
+        model = dict(zip(group_keys[2:], key[2:]))
+        labelled = sorted((k for k in model if axes.get(k).letter), key=lambda k: axes.get(k).has(axes.SWITCH))
+        where = f"{key[0]} ({key[1]}, " + ", ".join(axes.get(k).label(model[k]) for k in labelled) + ")"
         line = (f"{where}: params = {', '.join(fmt_int(p) for p in params)} for P = {', '.join(map(str, sizes))}"
                 f"; hidden size {fmt_int(hidden[0])} → {fmt_int(hidden[-1])}")
         details.append(line)
-        data.append({"impl": key[0], "variant": key[1], "channels": key[2], "input_size": key[3], "tensor_sizes": sizes,
+        data.append({"impl": key[0], "variant": key[1], "channels": model["channels"],
+                     "input_size": model["input_size"], "tensor_sizes": sizes,
                      "params": params, "hidden_units": hidden, "constant": constant, "hidden_grows": hidden_grows})
         if not (constant and hidden_grows):
             failures.append(where)
@@ -142,9 +137,8 @@ def judge_deeper(df: pd.DataFrame) -> Claim:
     tl_all = df[df["family"] == "tlstm"]
     ok = ok_rows(tl_all)
     incorrect = tl_all[tl_all["status"] == "incorrect"]
-    known = ok[ok["tensor_size"].notna() & ok["kernel_size"].notna() & ok["depth"].notna()]
-    expected = [math.ceil(p / (int(k) // 2)) for p, k in zip(known["tensor_size"], known["kernel_size"])]
-    mismatched = known[[int(d) != e for d, e in zip(known["depth"], expected)]]
+    known = ok[ok["tensor_depth"].notna() & ok["depth"].notna()]
+    mismatched = known[known["depth"] != known["tensor_depth"]]
     depths = _ints(ok["depth"])
     err = ok["max_abs_err"].max() if ok["max_abs_err"].notna().any() else math.nan
     details = []
@@ -160,8 +154,7 @@ def judge_deeper(df: pd.DataFrame) -> Claim:
                        f"{', '.join(map(str, _ints(group['depth'])))})")
     for _, row in mismatched.iterrows():
         details.append(f"{row['impl']}: depth {int(row['depth'])} recorded for P={int(row['tensor_size'])}, "
-                       f"K={int(row['kernel_size'])}, "
-                       f"expected {math.ceil(row['tensor_size'] / (int(row['kernel_size']) // 2))}")
+                       f"expected {int(row['tensor_depth'])}")
     if len(incorrect) or len(mismatched):
         where = sorted(set(incorrect["impl"]) | set(mismatched["impl"]))
         return Claim("Deeper", FAILS, f"{len(incorrect)} tLSTM point(s) failed the correctness gate and "
@@ -240,7 +233,8 @@ def judge_cheaper(df: pd.DataFrame) -> Claim:
     return Claim("Cheaper", BY_CONSTRUCTION, evidence, rule, details, data, headline)
 
 
-SLICE_FIELDS = ("machine", "device", "dtype", "mode", "batch", "seq_len", "channels", "input_size")
+# The report judges each combination of these separately: the machine and every axis with the slice role.
+SLICE_FIELDS = ("machine", *axes.names(axes.SLICE))
 # Which time the Faster rule reads: what a user pays per input token. A tLSTM also runs L - 1 extra
 # steps per sequence; time per recurrent step (call / (T+L-1)) is reported beside it.
 FASTER_TIME = "time_per_step_s"
@@ -277,8 +271,10 @@ def _lines(rows: pd.DataFrame, rng: np.random.Generator) -> list[_Line]:
         for _, row in group.iterrows():
             samples = row["samples_s"] if isinstance(row["samples_s"], list) and row["samples_s"] else []
             if samples:
+                # the contract's per-step time over its per-call median: the same scale for every replicate
+                scale = row[FASTER_TIME] / row["time_median_s"]
                 reps.append(bootstrap_medians(samples, row["sample_processes"] if isinstance(
-                    row["sample_processes"], list) else None, rng=rng) / row["seq_len"])
+                    row["sample_processes"], list) else None, rng=rng) * scale)
             else:  # no raw samples kept (a pytest-benchmark file saved without data): no spread to draw from
                 reps.append(np.full(BOOTSTRAP_REPLICATES, row[FASTER_TIME]))
         lines.append(_Line(str(impl), str(variant), group["depth"].to_numpy(float),
@@ -381,11 +377,11 @@ def judge_faster(df: pd.DataFrame, seed: int = 0) -> Claim:
         return Claim("Faster", NOT_MEASURED, f"{why} (run `tlstm-bench run depth`)", rule, details, data,
                      "Faster: not measured in these results.")
     words = {HOLDS: "yes", FAILS: "no", UNDECIDED: "undecided"}
-    names = {"seq_len": "T", "channels": "M", "input_size": "R", "dtype": "", "device": "", "machine": ""}
-    varying = [f for f in names if len({str(d[f]) for d in data}) > 1]  # what tells a regime's slices apart
+    # what tells a regime's (batch and mode's) slices apart
+    varying = [f for f in SLICE_FIELDS if f not in ("batch", "mode") and len({str(d[f]) for d in data}) > 1]
     by_regime: dict[tuple, list[str]] = {}
     for d in data:
-        apart = "".join(f", {names[f]}={fmt_int(d[f])}" if names[f] else f", {d[f]}" for f in varying)
+        apart = "".join(f", {axes.get(f).label(d[f]) if f in axes.names() else d[f]}" for f in varying)
         by_regime.setdefault((d["batch"], d["mode"]), []).append(
             f"{words[d['verdict']]}, {_fmt_ratio(d['ratio'])} ({d['impl']} vs {d['lstm_impl']}{apart})")
     where_text = "; ".join(f"batch {fmt_int(b)} {m}: " + ", ".join(parts)

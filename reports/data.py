@@ -18,14 +18,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench import axes
+from bench.axes import fmt_int, missing  # noqa: F401  (fmt_int: the report's modules import it from here)
 from bench.contract import (
     COLUMNS,
+    CONFIG_FIELDS,
+    DERIVED_FIELDS,
     DEVICES,
     FAMILIES,
     MODES,
     NOISY_IQR_OVER_MEDIAN,
     NUMERIC_COLUMNS,
+    OPTIONAL_CONFIG_FIELDS,
     STATUSES,
+    ContractError,
+    Point,
     recurrent_steps,
     timing_metrics,
 )  # fmt: skip
@@ -74,9 +81,14 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     _check_values(out, "device", DEVICES, allow_missing=True)
     for column in NUMERIC_COLUMNS:
         out[column] = pd.to_numeric(out[column], errors="coerce").astype(float)
-    # A missing family is inferred from the name, as the registry names them (lstm_* vs tlstm_*).
-    guess = out["impl"].astype(str).map(lambda name: "tlstm" if name.startswith("tlstm") else "lstm")
-    out["family"] = out["family"].where(out["family"].notna(), guess)
+    # A missing family is the registry's (a frame built by hand may leave it out)
+    registered = out["impl"].astype(str).map(lambda name: getattr(implementation(name), "family", None))
+    out["family"] = out["family"].where(out["family"].notna(), registered)
+    unknown = out.index[out["family"].isna()]
+    if len(unknown):
+        raise ReportInputError(f"results column 'family' is missing for {out.at[unknown[0], 'impl']!r}, which is not "
+                               f"a registered implementation here; give it: one of {', '.join(FAMILIES)}")
+    _fill_derived(out)
     _fill_timing(out)
     _check_times(out)
     # The noise flag: trusted when recorded, else derived by the contract's rule.
@@ -85,25 +97,44 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     out["message"] = out["message"].map(
         lambda m: "" if m is None or (isinstance(m, float) and math.isnan(m)) else str(m))
     _check_training(out)
+    out["shares_weights"] = out["impl"].astype(str).map(lambda name: bool(getattr(implementation(name),
+                                                                                  "shares_weights", False)))
     out["variant"] = [variant_name(row) for row in out.itertuples(index=False)]
     out.attrs = dict(df.attrs)
     return out
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+def implementation(name: str) -> Any:
+    """The registered implementation ``name`` (``implementations.Implementation``: its family, style, whether its
+    layers share weights, ...), or None where it is not registered here (a plugin the report did not load)."""
+    try:
+        import implementations
+
+        return implementations.get(name)
+    except (ImportError, KeyError):
+        return None
+
+
+def family_reference(family: str) -> str | None:
+    """The family's reference implementation (what speedups are measured against), None where there is none."""
+    try:
+        import implementations
+
+        return implementations.family_reference(family)
+    except ImportError:
+        return None
 
 
 def _check_training(out: pd.DataFrame) -> None:
     """Training rows: ``train`` a dict (or missing on a timing row), ``curve`` a list of evaluation dicts
     (an empty list where none was recorded), ``solved`` a bool (False on timing rows)."""
     for i, train in zip(out.index, out["train"]):
-        if not _missing(train) and not isinstance(train, dict):
+        if not missing(train) and not isinstance(train, dict):
             raise ReportInputError(f"results row {i} ({out.at[i, 'impl']}): 'train' must be the training settings as "
                                    f"a dict (bench.contract.TrainSpec) or None on a timing row, got {train!r}")
     curves = []
     for i, curve in zip(out.index, out["curve"]):
-        if _missing(curve):
+        if missing(curve):
             curve = []
         if not isinstance(curve, list) or not all(isinstance(entry, dict) for entry in curve):
             raise ReportInputError(f"results row {i} ({out.at[i, 'impl']}): 'curve' must be a list of evaluations "
@@ -145,6 +176,25 @@ def _check_times(out: pd.DataFrame) -> None:
             )
 
 
+def _fill_derived(out: pd.DataFrame) -> None:
+    """Rows without the quantities derived from their sizes (a frame built by hand) get them from the
+    contract's one place, ``Point.derived``, where their config is complete."""
+    todo = out.index[out[list(DERIVED_FIELDS)].isna().all(axis=1)]
+    for i in todo:
+        config = {}
+        for name in CONFIG_FIELDS:
+            value = out.at[i, name]
+            value = value.item() if hasattr(value, "item") else value
+            value = int(value) if isinstance(value, float) and value.is_integer() else value
+            config[name] = OPTIONAL_CONFIG_FIELDS.get(name) if missing(value) else value
+        try:
+            derived = Point.from_dict(config).derived()
+        except (ContractError, TypeError, ValueError, AttributeError):
+            continue
+        for name, value in derived.items():
+            out.at[i, name] = np.nan if value is None else value
+
+
 def _fill_timing(out: pd.DataFrame) -> None:
     """Rows with a median but no per-step metrics (a frame built by hand) get them from the contract's
     one timing function, from their samples or, without samples, their quartiles."""
@@ -156,8 +206,9 @@ def _fill_timing(out: pd.DataFrame) -> None:
         depth = row["depth"] if pd.notna(row["depth"]) else 1
         samples = row["samples_s"] if isinstance(row["samples_s"], list) else []
         metrics = timing_metrics(
-            samples, seq_len=int(row["seq_len"]), recurrent_steps=recurrent_steps(row["family"], int(row["seq_len"]),
-                                                                                  int(depth)),
+            samples, seq_len=int(row["seq_len"]),
+            recurrent_steps=int(row["recurrent_steps"]) if pd.notna(row["recurrent_steps"])
+            else recurrent_steps(row["family"], int(row["seq_len"]), int(depth)),
             batch=int(row["batch"]) if pd.notna(row["batch"]) else 1,
             flops=row["flops"] if pd.notna(row["flops"]) else None,
             quartiles=(row["time_median_s"], row["time_q1_s"], row["time_q3_s"]),
@@ -167,24 +218,14 @@ def _fill_timing(out: pd.DataFrame) -> None:
                 out.at[i, name] = value
 
 
-# Stacked LSTMs whose layers share one set of weights (the paper's sLSTM with tied layers).
-SHARED_LSTM_IMPLS = ("lstm_shared",)
-
-
 def variant_name(row: Any) -> str:
-    """The paper's name for a row's model: tLSTM, tLSTM-M, tLSTM-F, tLSTM+CN, 3D tLSTM (and 3D tLSTM+CN,
-    ...), sLSTM, or "sLSTM (shared)"
-    for a stacked LSTM whose layers share their weights."""
-    if getattr(row, "family", None) != "tlstm":
-        return "sLSTM (shared)" if getattr(row, "impl", None) in SHARED_LSTM_IMPLS else "sLSTM"
-    k = getattr(row, "kernel_size", float("nan"))
-    name = "tLSTM-F" if k == 2 else "tLSTM"
-    if getattr(row, "mem_conv", True) is False or getattr(row, "mem_conv", True) == 0:
-        name += "-M"
-    if getattr(row, "norm", None) == "cn":
-        name += "+CN"
-    dims = getattr(row, "dims", 2)
-    return f"3D {name}" if dims == 3 else name
+    """The paper's name for a row's model (``bench.axes.variant_name``): tLSTM, tLSTM-M, tLSTM-F, tLSTM+CN,
+    3D tLSTM+CN, ..., sLSTM, or "sLSTM (shared)" for a stacked LSTM whose layers share their weights."""
+    get = row.get if isinstance(row, dict) else lambda name, default=None: getattr(row, name, default)
+    shares = get("shares_weights", None)
+    if shares is None or missing(shares):
+        shares = bool(getattr(implementation(str(get("impl", ""))), "shares_weights", False))
+    return axes.variant_name(row, str(get("family", "")), bool(shares))
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -197,7 +238,7 @@ def line_labels(ok: pd.DataFrame) -> pd.Series:
     """One label per plotted line: the implementation, plus the variant when one impl ran several or ran a
     variant other than the plain tLSTM (so a 3D-only or CN-only run says so)."""
     variants_per_impl = ok.groupby("impl")["variant"].nunique()
-    plain = ("tLSTM", "sLSTM", "sLSTM (shared)")
+    plain = axes.PLAIN_VARIANTS
     return pd.Series(
         [f"{impl} [{variant}]" if variants_per_impl.get(impl, 1) > 1 or variant not in plain else str(impl)
          for impl, variant in zip(ok["impl"], ok["variant"])],
@@ -206,8 +247,3 @@ def line_labels(ok: pd.DataFrame) -> pd.Series:
     )
 
 
-def fmt_int(value: Any) -> str:
-    """An integer-valued float as '1,234'; missing as 'n/a'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{int(round(float(value))):,}"

@@ -11,9 +11,7 @@ the environment, sweep and command once.
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
 import json
 import math
 import pathlib
@@ -21,12 +19,14 @@ from typing import Any
 
 import pandas as pd
 
-from bench.contract import format_seconds
+from bench import axes
+from bench.axes import format_seconds
 from bench.outdir import atomic_write
 
-from .capacity import SEED_RULE, Capacity, build_capacity, capacity_failures, fmt_samples, run_text
-from .claims import BY_CONSTRUCTION, FAILS, HOLDS, NOT_MEASURED, PARTLY, UNDECIDED, Claim, judge_claims
-from .data import ReportInputError, line_labels, normalize, timing_rows, training_rows
+from .capacity import Capacity, build_capacity
+from .capacity.html import capacity_sections_html
+from .claims import Claim, judge_claims
+from .data import ReportInputError, family_reference, line_labels, normalize, timing_rows, training_rows
 from .figures import (
     Figure,
     build_figures,
@@ -36,6 +36,7 @@ from .figures import (
     profile_shares,
     with_labels,
 )  # fmt: skip
+from .markup import VERDICT_CLASS, cell, claims_html, e, figure_html, figures_html, html_table  # noqa: F401
 
 # The speed report's sections (a frame of timing rows, or an empty one), the capacity report's (a frame of
 # training rows), and the ones every report ends with.
@@ -93,64 +94,7 @@ table.solve td { white-space: nowrap; font-variant-numeric: tabular-nums; }
 }
 """
 
-_VERDICT_CLASS = {HOLDS: "v-holds", BY_CONSTRUCTION: "v-holds", PARTLY: "v-part", FAILS: "v-fails",
-                  UNDECIDED: "v-undecided", NOT_MEASURED: "v-none"}
-_KEY_SIZES = ("device", "dtype", "mode", "batch", "seq_len", "channels", "input_size", "depth")
-_SIZE_NAMES = {"seq_len": "T", "channels": "M", "input_size": "R", "depth": "L", "batch": "B"}
-
-
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _table(header: list[str], rows: list[list[str]], numeric: set[int] | None = None, cls: str = "") -> str:
-    """An HTML table; cells are already escaped HTML."""
-    numeric = numeric or set()
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r))
-        + "</tr>"
-        for r in rows
-    )
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _claims_html(claims: list[Claim]) -> str:
-    rows = []
-    for c in claims:
-        detail = ""
-        if c.details:
-            items = "".join(f"<li>{_e(d)}</li>" for d in c.details)
-            detail = f"<details><summary>{len(c.details)} line(s) of evidence</summary><ul>{items}</ul></details>"
-        rows.append([
-            f"<b>{_e(c.name)}</b>",
-            f'<span class="{_VERDICT_CLASS.get(c.verdict, "")}">{_e(c.verdict)}</span>',
-            f"{_e(c.evidence)}<div class=\"rule\">Rule: {_e(c.rule)}</div>{detail}",
-        ])
-    body = _table(["claim", "verdict", "the numbers that decide it"], rows, cls="claims")
-    # the verdict cell carries the colour
-    for verdict, cls in _VERDICT_CLASS.items():
-        body = body.replace(f'<td><span class="{cls}">{_e(verdict)}</span></td>',
-                            f'<td class="verdict {cls}">{_e(verdict)}</td>')
-    return body
-
-
-def _figure_html(f: Figure, heading: str, paths: dict[str, pathlib.Path], out_dir: pathlib.Path) -> str:
-    if f.png is None:
-        return f'<div class="fig">{heading}<p class="missing">Not in these results: {_e(f.missing)}.</p></div>'
-    data = base64.b64encode(f.png).decode("ascii")
-    written = paths.get(f.slug)
-    note = f' <span class="rule">(PNG: {_e(written.relative_to(out_dir))})</span>' if written is not None else ""
-    return (f'<div class="fig">{heading}<figure><img alt="{_e(f.title)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{_e(f.caption)}{note}</figcaption></figure></div>")
+_KEY_SIZES = axes.names(axes.MATCH)  # what tells two timed points of one implementation apart
 
 
 def _caveats_html(df: pd.DataFrame, env: dict[str, Any]) -> str:
@@ -194,14 +138,14 @@ def _caveats_html(df: pd.DataFrame, env: dict[str, Any]) -> str:
         items.insert(0, f"these results come from {len(machines)} machines ({'; '.join(machines)}): every verdict "
                         "and figure panel is per machine, and no ratio mixes two")
     return ('<div class="caveats"><b>Read these numbers with:</b><ul>'
-            + "".join(f"<li>{_e(item)}</li>" for item in items) + "</ul></div>")
+            + "".join(f"<li>{e(item)}</li>" for item in items) + "</ul></div>")
 
 
 def _headline_html(df: pd.DataFrame, env: dict[str, Any], claims: list[Claim], headline: Figure,
                    paths: dict[str, pathlib.Path], out_dir: pathlib.Path) -> str:
-    sentences = "".join(f"<li>{_e(c.headline or f'{c.name}: {c.verdict}.')}</li>" for c in claims)
+    sentences = "".join(f"<li>{e(c.headline or f'{c.name}: {c.verdict}.')}</li>" for c in claims)
     return (f'<ul class="headline">{sentences}</ul>' + _caveats_html(df, env)
-            + _figure_html(headline, f"<h3>{_e(headline.title)}</h3>", paths, out_dir))
+            + figure_html(headline, f"<h3>{e(headline.title)}</h3>", paths, out_dir))
 
 
 # the profile categories as the table's split column writes them
@@ -213,14 +157,14 @@ _SHORT = {"matrix products": "products", "pointwise and reductions": "pointwise"
 def _where_html(df: pd.DataFrame, split: Figure, paths: dict[str, pathlib.Path], out_dir: pathlib.Path) -> str:
     """The profiled points: the split figure, the overhead share per implementation, and a table with the
     top operator, the product rate against torch.mm on the same shape, and each point's trace file."""
-    figure = _figure_html(split, f"<h3>{_e(split.title)}</h3>", paths, out_dir)
+    figure = figure_html(split, f"<h3>{e(split.title)}</h3>", paths, out_dir)
     ok = with_labels(df)
     shares = profile_shares(ok)
     if shares.empty:
         return figure
     overhead = shares[shares["category"] == "framework overhead"].groupby("label")["share"].median()
     callout = ("<p><b>Framework overhead</b> (time outside any operator), median share of a call: "
-               + "; ".join(f"{_e(label)} {share:.0%}" for label, share in overhead.sort_values().items()) + ".</p>")
+               + "; ".join(f"{e(label)} {share:.0%}" for label, share in overhead.sort_values().items()) + ".</p>")
     rows = []
     for _, row in ok.iterrows():
         prof = row.get("profile")
@@ -235,24 +179,16 @@ def _where_html(df: pd.DataFrame, split: Figure, paths: dict[str, pathlib.Path],
         rate_text = (f"{rate:.3g}" if rate else "n/a") + (f" vs {mm:.3g} (torch.mm, {prof.get('product_shape')})"
                                                            if mm else "")
         timed = row["time_median_s"]
-        rows.append([_e(row["label"]), _e(_cell(row["batch"])), _e(row["mode"]), _e(_cell(row["depth"])),
-                     _e(format_seconds(prof["wall_s"])),
-                     _e(f"{prof['wall_s'] / timed:.2g}x" if timed and timed > 0 else "n/a"), _e(split_text),
-                     _e(f"{top.get('name', '')} {top.get('shapes', '')}".strip()), _e(rate_text),
-                     f"<code>traces/{_e(prof.get('trace', ''))}</code>"])
-    table = _table(["implementation", "batch", "mode", "L", "profiled call", "over timed median", "split",
+        rows.append([e(row["label"]), e(cell(row["batch"])), e(row["mode"]), e(cell(row["depth"])),
+                     e(format_seconds(prof["wall_s"])),
+                     e(f"{prof['wall_s'] / timed:.2g}x" if timed and timed > 0 else "n/a"), e(split_text),
+                     e(f"{top.get('name', '')} {top.get('shapes', '')}".strip()), e(rate_text),
+                     f"<code>traces/{e(prof.get('trace', ''))}</code>"])
+    table = html_table(["implementation", "batch", "mode", "L", "profiled call", "over timed median", "split",
                     "top operator (self time)", "product GFLOP/s", "trace"], rows, numeric={1, 3, 4, 5})
     return (figure + callout + "<p>The profiler slows a call down (second column): the split is of the profiled "
             "call, its shares, not its absolute times, are the finding. Traces open in Perfetto or "
             "chrome://tracing.</p>" + table)
-
-
-def _figures_html(figures: list[Figure], paths: dict[str, pathlib.Path], out_dir: pathlib.Path, start: int = 1) -> str:
-    parts = []
-    for i, f in enumerate(figures, start=start):
-        heading = f'<h3 id="fig-{_e(f.slug)}">{i}. {_e(f.title)}</h3>'
-        parts.append(_figure_html(f, heading, paths, out_dir))
-    return "\n".join(parts)
 
 
 def _constant_sizes(df: pd.DataFrame, fields: tuple[str, ...]) -> tuple[list[str], dict[str, Any]]:
@@ -281,14 +217,14 @@ def _summary_html(df: pd.DataFrame) -> str:
                                                                  for v in k))
     rows = []
     for key in keys:
-        row = [_e(_cell(v)) for v in key]
+        row = [e(cell(v)) for v in key]
         for label in labels:
             group = grouped.get(key + (label,))
             if group is None:
                 row.append("")
                 continue
             median = group["time_per_step_s"].median()
-            iqr = (group["time_iqr_s"] / group["seq_len"]).median()
+            iqr = (group["time_per_step_q3_s"] - group["time_per_step_q1_s"]).median()
             recurrent = group["time_per_recurrent_step_s"].median()
             noisy = bool(group["noisy"].any())
             text = f"{format_seconds(median)}"
@@ -304,10 +240,10 @@ def _summary_html(df: pd.DataFrame) -> str:
                          f'of the pooled median">processes disagree ({spread:.0%})</span>')
             row.append(text)
         rows.append(row)
-    header = [_e(_SIZE_NAMES.get(f, f)) for f in index] + [_e(label) for label in labels]
+    header = [e(axes.letter(f)) for f in index] + [e(label) for label in labels]
     note = ""
     if fixed:
-        note = "<p>Same for every point: " + ", ".join(f"{_e(_SIZE_NAMES.get(k, k))} = {_e(_cell(v))}"
+        note = "<p>Same for every point: " + ", ".join(f"{e(axes.letter(k))} = {e(cell(v))}"
                                                         for k, v in fixed.items()) + ".</p>"
     return (note + "<p>Median time per output step (time per call / T; what the Faster rule reads) and its IQR; "
             "where it differs, the time per recurrent step (time per call / the T + L - 1 steps a tLSTM runs); "
@@ -315,23 +251,24 @@ def _summary_html(df: pd.DataFrame) -> str:
             "marks points whose IQR exceeds 10% of the median, <span class=\"noisy\">processes disagree</span> "
             "points measured in several worker processes whose medians differ by more than 10% (the spread in "
             "brackets).</p>"
-            + _table(header, rows, numeric=set(range(len(index), len(header)))))
+            + html_table(header, rows, numeric=set(range(len(index), len(header)))))
 
 
 def _speedups_html(df: pd.DataFrame) -> str:
     ok = df[df["status"] == "ok"]
     sp = matched_speedups(ok)
     if sp.empty:
-        return ('<p class="missing">No matched points: needs a tLSTM implementation and `tlstm_naive` or a stacked '
-                "LSTM timed at the same sizes (run `tlstm-bench run quick`).</p>")
+        return ('<p class="missing">No matched points: needs a tLSTM implementation and the tLSTM reference '
+                f"(`{e(family_reference('tlstm'))}`) or a stacked LSTM timed at the same sizes (run `tlstm-bench run "
+                "quick`).</p>")
     rows = []
     for (impl, ref, mode, batch), g in sp.groupby(["impl", "reference", "mode", "batch"]):
         geo = float(pd.Series(g["speedup"]).map(math.log).mean())
-        rows.append([_e(impl), _e(ref), _e(mode), _e(_cell(batch)), str(len(g)), f"{math.exp(geo):.3g}x",
+        rows.append([e(impl), e(ref), e(mode), e(cell(batch)), str(len(g)), f"{math.exp(geo):.3g}x",
                      f"{g['speedup'].min():.3g}x", f"{g['speedup'].max():.3g}x"])
     return ("<p>Speedup = reference time / implementation time at matched points (same depth, T, batch, channels, "
             "dtype, mode, device); geometric mean over the matched points.</p>"
-            + _table(["implementation", "over", "mode", "batch", "points", "geo. mean", "min", "max"], rows,
+            + html_table(["implementation", "over", "mode", "batch", "points", "geo. mean", "min", "max"], rows,
                      numeric={3, 4, 5, 6, 7}))
 
 
@@ -342,27 +279,27 @@ def _failures_html(df: pd.DataFrame) -> str:
     counts = failed["status"].value_counts()
     rows = []
     for _, r in failed.sort_values(["status", "impl"]).iterrows():
-        sizes = ", ".join(f"{_SIZE_NAMES.get(f, f)}={_cell(r[f])}" for f in ("mode", "batch", "seq_len", "channels",
+        sizes = ", ".join(f"{axes.letter(f)}={cell(r[f])}" for f in ("mode", "batch", "seq_len", "channels",
                                                                                "depth", "tensor_size")
-                          if _cell(r[f]))
-        rows.append([_e(r["status"]), _e(r["impl"]), _e(sizes), _e(r["device"] if _cell(r["device"]) else ""),
-                     f'<span class="message">{_e(r["message"])}</span>'])
+                          if cell(r[f]))
+        rows.append([e(r["status"]), e(r["impl"]), e(sizes), e(r["device"] if cell(r["device"]) else ""),
+                     f'<span class="message">{e(r["message"])}</span>'])
     return (f"<p>{len(failed)} of {len(df)} point(s) did not give a timing: "
-            + ", ".join(f"{n} {_e(s)}" for s, n in counts.items()) + ". They are not plotted.</p>"
-            + _table(["status", "implementation", "sizes", "device", "message"], rows))
+            + ", ".join(f"{n} {e(s)}" for s, n in counts.items()) + ". They are not plotted.</p>"
+            + html_table(["status", "implementation", "sizes", "device", "message"], rows))
 
 
 def _env_html(df: pd.DataFrame, env: Any) -> str:
     if not isinstance(env, dict) or not env:
         return '<p class="missing">No environment recorded with these results.</p>'
-    rows = [[_e(k), _e(_cell(v) if not isinstance(v, (dict, list)) else json.dumps(v))] for k, v in env.items()]
+    rows = [[e(k), e(cell(v) if not isinstance(v, (dict, list)) else json.dumps(v))] for k, v in env.items()]
     backends = df.loc[df["status"] == "ok"].groupby("impl")["backend"].agg(
         lambda s: ", ".join(sorted({str(v) for v in s if isinstance(v, str)})))
     extra = ""
     if len(backends) and any(backends):
-        extra = "<p>Backends that actually ran: " + "; ".join(f"{_e(i)}: {_e(b) or 'not recorded'}"
+        extra = "<p>Backends that actually ran: " + "; ".join(f"{e(i)}: {e(b) or 'not recorded'}"
                                                              for i, b in backends.items()) + ".</p>"
-    return _table(["field", "value"], rows) + extra
+    return html_table(["field", "value"], rows) + extra
 
 
 def _sweep_html(df: pd.DataFrame, sweep: Any) -> tuple[str, str]:
@@ -371,128 +308,17 @@ def _sweep_html(df: pd.DataFrame, sweep: Any) -> tuple[str, str]:
         config = ('<p class="missing">No sweep definition recorded (results from pytest-benchmark or an older '
                   "run).</p>")
         if sweeps:
-            config += f"<p>Sweep names on the points: {_e(', '.join(sweeps))}.</p>"
+            config += f"<p>Sweep names on the points: {e(', '.join(sweeps))}.</p>"
         return config, '<p class="missing">The reproducing command was not recorded with these results.</p>'
     shown = {k: v for k, v in sweep.items() if k != "command"}
-    config = f"<pre>{_e(json.dumps(shown, indent=2, default=str))}</pre>"
+    config = f"<pre>{e(json.dumps(shown, indent=2, default=str))}</pre>"
     command = sweep.get("command")
     if command:
         cmd = command if isinstance(command, str) else " ".join(map(str, command))
-        repro = f"<p>To rerun these measurements:</p><pre>{_e(cmd)}</pre>"
+        repro = f"<p>To rerun these measurements:</p><pre>{e(cmd)}</pre>"
     else:
         repro = '<p class="missing">The sweep definition has no "command" entry.</p>'
     return config, repro
-
-
-# --------------------------------------------------------------------------------------------------
-# the capacity sections
-
-
-def _capacity_caveats_html(cap: Capacity) -> str:
-    """What a reader must know about the training runs: how many seeds, where they ran, what the times are."""
-    runs = cap.runs
-    per_group = runs[runs["usable"]].groupby(["setting", "label", "depth"]).size()
-    seeds = (f"{per_group.min()}" if per_group.min() == per_group.max() else f"{per_group.min()} to {per_group.max()}"
-             ) if len(per_group) else "no"
-    devices = ", ".join(sorted({str(d) for d in runs["device"].dropna()})) or "not recorded"
-    machines = sorted({str(m) for m in runs["machine"].dropna()})
-    resumed = int((runs["resumed"].fillna(0) > 0).sum())
-    stops = runs.loc[runs["status"] == "ok", "stop_reason"].dropna().value_counts()
-    items = [
-        f"{len(runs)} training run(s); {seeds} usable seed(s) per model and depth (the rule needs 2 or more to "
-        "decide anything)",
-        f"device: {devices}" + (f"; machine: {'; '.join(machines)}" if machines else "")
-        + "; time to solve is training wall time on that machine, evaluations excluded: compare times only "
-        "within one report",
-        "how the finished runs stopped: " + (", ".join(f"{n} {_e(s)}" for s, n in stops.items()) or "not recorded"),
-    ]
-    if resumed:
-        items.append(f"{resumed} run(s) were resumed from a checkpoint after an interruption")
-    return ('<div class="caveats"><b>Read these numbers with:</b><ul>'
-            + "".join(f"<li>{_e(item)}</li>" for item in items) + "</ul></div>")
-
-
-def _capacity_headline_html(cap: Capacity) -> str:
-    sentences = "".join(f"<li>{_e(sentence)}</li>" for sentence in cap.headline)
-    return f'<ul class="headline">{sentences}</ul>' + _capacity_caveats_html(cap)
-
-
-def _capacity_claims_html(cap: Capacity) -> str:
-    return ("<p>He et al. (NIPS 2017) claim that at the same number of parameters a tensorized LSTM gets more out of "
-            "depth than a stacked LSTM: it can be made deeper (and wider) for free, and learns the algorithmic tasks "
-            "better and sooner. Each verdict below is computed from the training runs in this report, seed by seed, "
-            "by the rule stated with it; whatever the runs say is the verdict.</p>"
-            f'<p><b>The seed rule.</b> {_e(SEED_RULE)}</p>' + _claims_html(cap.claims))
-
-
-def _solve_tables_html(cap: Capacity) -> str:
-    if not cap.tables:
-        return '<p class="missing">No training runs in these results.</p>'
-    parts = ["<p>One line per seed: samples to solve / time to solve (training wall time), or the best held-out "
-             "symbol accuracy of a run that did not solve, or how a run failed. Width M and parameters (total, core "
-             "+ head) at the budget per model, or per cell where they change with depth.</p>"]
-    for table in cap.tables:
-        header = ["model", "M, params (core + head)"] + [f"L={_cell(d)}" for d in table.depths]
-        rows = []
-        for row in table.rows:
-            cells = [f"<b>{_e(row['label'])}</b>", _e(row["sizes"])]
-            for depth in table.depths:
-                cell = row["cells"].get(depth)
-                if cell is None:
-                    cells.append("")
-                    continue
-                sizes = f'<div class="rule">{_e(cell["sizes"])}</div>' if cell["sizes"] else ""
-                cells.append(sizes + "<br>".join(_e(line) for line in cell["lines"]))
-            rows.append(cells)
-        parts.append(f"<h3>{_e(table.title)}</h3>" + _table(header, rows, cls="solve"))
-    return "".join(parts)
-
-
-def _capacity_failures_html(cap: Capacity) -> str:
-    runs = cap.runs
-    failed = capacity_failures(runs)
-    if failed.empty:
-        return f"<p>Every one of the {len(runs)} training run(s) has status ok.</p>"
-    counts = failed["status"].value_counts()
-    rows = []
-    for _, r in failed.iterrows():
-        rows.append([_e(r["status"]), _e(r["label"]), _e(_cell(r["depth"])), _e(_cell(r["seed"])),
-                     _e(r["setting_title"]), _e(fmt_samples(r["samples_seen"])), _e(run_text(r)),
-                     f'<span class="message">{_e(r["message"])}</span>'])
-    return (f"<p>{len(failed)} of {len(runs)} training run(s) did not train to the end of their budget: "
-            + ", ".join(f"{n} {_e(s)}" for s, n in counts.items()) + ". A diverged run counts in the claims as not "
-            "solved, with accuracy 0; the others are left out of them.</p>"
-            + _table(["status", "model", "L", "seed", "setting", "samples seen", "outcome", "message"], rows,
-                     numeric={2, 3, 5}))
-
-
-def _capacity_sections_html(cap: Capacity, paths: dict[str, pathlib.Path], out_dir: pathlib.Path) -> str:
-    accuracy, solve, curves = cap.figures
-    return f"""<section id="capacity-headline">
-<h2>Capacity: in short</h2>
-{_capacity_headline_html(cap)}
-</section>
-<section id="capacity-claims">
-<h2>Capacity claims, judged from these training runs</h2>
-{_capacity_claims_html(cap)}
-</section>
-<section id="capacity-figures">
-<h2>Capacity figures</h2>
-{_figures_html([accuracy, solve], paths, out_dir)}
-</section>
-<section id="capacity-solve">
-<h2>Samples and time to solve, per seed</h2>
-{_solve_tables_html(cap)}
-</section>
-<section id="capacity-curves">
-<h2>Learning curves</h2>
-{_figures_html([curves], paths, out_dir, start=3)}
-</section>
-<section id="capacity-failures">
-<h2>Training runs that failed or diverged</h2>
-{_capacity_failures_html(cap)}
-</section>
-"""
 
 
 def sections_for(df: pd.DataFrame) -> tuple[str, ...]:
@@ -513,11 +339,11 @@ def _timing_sections_html(df: pd.DataFrame, env: dict[str, Any], claims: list[Cl
 <h2>{prefix}The paper's four claims, judged from these results</h2>
 <p>He et al. (NIPS 2017) claim tensorized LSTMs are wider, deeper, cheaper and faster than stacked LSTMs.
 Each verdict below is computed from the points in this report only (status ok), by the rule stated with it.</p>
-{_claims_html(claims)}
+{claims_html(claims)}
 </section>
 <section id="figures">
 <h2>{prefix}Figures</h2>
-{_figures_html(figures, paths, out_dir)}
+{figures_html(figures, paths, out_dir)}
 </section>
 <section id="where">
 <h2>Where the time goes</h2>
@@ -566,7 +392,7 @@ def render_html(df: pd.DataFrame, claims: list[Claim], figures: list[Figure], pa
         counts.append(f"{len(training)} training run(s), {int((training['status'] == 'ok').sum())} ok, "
                       f"{int(training['solved'].sum())} solved")
     both = capacity is not None and "headline" in sections
-    body = (_capacity_sections_html(capacity, paths, out_dir) if capacity is not None else "") + (
+    body = (capacity_sections_html(capacity, paths, out_dir) if capacity is not None else "") + (
         _timing_sections_html(timing, env, claims, figures, paths, out_dir, headline, split,
                               "Speed: " if both else "") if "headline" in sections else "")
     return f"""<!DOCTYPE html>
@@ -574,14 +400,14 @@ def render_html(df: pd.DataFrame, claims: list[Claim], figures: list[Figure], pa
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>tlstm-bench report: {_e(name)}</title>
+<title>tlstm-bench report: {e(name)}</title>
 <style>{CSS}</style>
 </head>
 <body>
 <header>
-<h1>tlstm-bench report: {_e(name)}</h1>
-<p class="lead">{_e("; ".join(counts))}; implementations: {_e(impls)}; device: {_e(device or "not recorded")};
-commit {_e(env.get("git_commit") or "not recorded")}; built {_e(stamp)}.</p>
+<h1>tlstm-bench report: {e(name)}</h1>
+<p class="lead">{e("; ".join(counts))}; implementations: {e(impls)}; device: {e(device or "not recorded")};
+commit {e(env.get("git_commit") or "not recorded")}; built {e(stamp)}.</p>
 <nav>{nav}</nav>
 </header>
 {body}<section id="environment">

@@ -18,7 +18,7 @@ import implementations
 from bench import cli, results, train
 from bench.contract import Point, TrainSpec
 from bench.sweep import Sweep, SweepError, load_sweep
-from bench.tasks import Task, TaskError, batch, make_task
+from bench.tasks import TaskError, batch, make_task
 
 CLI = Path(sys.executable).parent / "tlstm-bench"
 FAKES = Path(__file__).resolve().parent / "fake_impls.py"
@@ -73,7 +73,7 @@ def test_batches_are_seeded_and_generators_advance():
 ])
 def test_bad_task_sizes_name_the_field(kwargs, field):
     with pytest.raises(TaskError, match=field):
-        Task(**kwargs)
+        make_task(kwargs.pop("name"), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ def test_params_pairing_picks_the_width_closest_to_the_budget(tmp_path):
 
         def total(width: int, p=p) -> int:
             config = dataclasses.replace(p, channels=width).model_config()
-            return implementations.param_count(p.impl, config) + train.head_param_count(width, task.output_symbols)
+            return implementations.param_count(p.impl, config) + task.head_params(width)
 
         gap = abs(total(p.channels) - 3000)
         assert gap <= abs(total(p.channels - 1) - 3000) and gap <= abs(total(p.channels + 1) - 3000), p
@@ -130,7 +130,9 @@ def test_training_sweep_round_trips_through_sweep_json(tmp_path):
 
 def test_timing_point_keys_did_not_change():
     # the key of a timing point is the hash it had before training points existed (resume of old results)
-    point = Point("tlstm_naive", "tlstm", 2, 2, 16, 4, 8, 8, 3, True, None, "float32", "training", "cpu", 5, 1, 0)
+    point = Point(impl="tlstm_naive", family="tlstm", tensor_size=2, depth=2, seq_len=16, batch=4, channels=8,
+                  input_size=8, kernel_size=3, mem_conv=True, norm=None, dtype="float32", mode="training",
+                  device="cpu", repeats=5, warmup=1, seed=0)
     assert "train" in point.as_dict() and point.key == "357e7297e0da34bd"
 
 
@@ -197,17 +199,21 @@ def _point(impl: str = "tlstm_fused", *, depth: int = 2, channels: int = 16, len
            seed: int = 0) -> Point:
     family = implementations.get(impl).family
     task = make_task("memorization", length=length, alphabet=alphabet)
-    spec = TrainSpec("memorization", None, length, alphabet, "adam", lr, 1.0, eval_every, 512, max_samples, 120.0,
-                     0.99, stop, None)
-    return Point(impl, family, depth if family == "tlstm" else None, depth, task.seq_len, 32, channels,
-                 task.input_symbols, 3, True, None, "float32", "training", "cpu", 0, 0, seed, train=spec)
+    spec = TrainSpec.from_dict({"task": "memorization", "length": length, "alphabet": alphabet, "optimizer": "adam",
+                                "lr": lr, "clip": 1.0, "eval_every": eval_every, "eval_samples": 512,
+                                "max_samples": max_samples, "max_time_s": 120.0, "solve_at": 0.99,
+                                "stop_when_solved": stop, "params_budget": None})
+    return Point(impl=impl, family=family, tensor_size=depth if family == "tlstm" else None, depth=depth,
+                 seq_len=task.seq_len, batch=32, channels=channels, input_size=task.input_symbols, kernel_size=3,
+                 mem_conv=True, norm=None, dtype="float32", mode="training", device="cpu", repeats=0, warmup=0,
+                 seed=seed, train=spec)
 
 
 def test_the_head_is_counted_apart_from_the_core():
     point = _point("lstm_shared", channels=10)
     model, task = train.build_task_model(point)
     core, head = model.param_counts()
-    assert head == train.head_param_count(10, task.output_symbols) == 10 * 3 + 3
+    assert head == task.head_params(10) == 10 * 3 + 3
     assert core == implementations.param_count("lstm_shared", point.model_config())
     logits = model(task.batch(5, seed=0)[0])
     assert logits.shape == (5, task.seq_len, task.output_symbols)
@@ -247,27 +253,12 @@ def test_checkpoint_resumes_where_it_stopped(tmp_path):
     assert other["metrics"]["resumed"] == 0
 
 
-NAN_SWEEP = f"""
-implementations = ["fake_nan", "lstm_shared"]
-plugins = ["{FAKES}"]
-pair = "depth"
-[train]
-task = "memorization"
-length = 2
-alphabet = 2
-max_samples = 512
-eval_every = 256
-eval_samples = 64
-[axes]
-depth = [1]
-channels = [8]
-"""
-
-
-def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_training_sweep):
     out = tmp_path / "out"
+    # the tiny training sweep (tests/conftest.py): memorization of 2 symbols, 512 samples, L = 1, M = 8
+    sweep = tiny_training_sweep(["fake_nan", "lstm_shared"], plugins=[str(FAKES)])
     # as a user runs it (and so the fakes register in the CLI's process, not this one)
-    run = subprocess.run([str(CLI), "run", str(_write(tmp_path, NAN_SWEEP)), "--out", str(out), "--quiet"],
+    run = subprocess.run([str(CLI), "run", str(sweep), "--out", str(out), "--quiet"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     df = results.load(out).set_index("impl")

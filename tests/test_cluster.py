@@ -16,6 +16,7 @@ import pytest
 from bench import cli, cluster, results
 from bench.contract import Point
 from bench.runner import comparison_groups
+from tests.conftest import tiny_sweep_text
 
 FAKES = Path(__file__).resolve().parent / "fake_impls.py"
 CLI = Path(sys.executable).parent / "tlstm-bench"
@@ -23,23 +24,7 @@ CLI = Path(sys.executable).parent / "tlstm-bench"
 
 def _sweep(tmp_path: Path, impls: list[str], sizes: list[int]) -> Path:
     path = tmp_path / "jobs.toml"
-    path.write_text(f"""
-implementations = {json.dumps(impls)}
-plugins = [{json.dumps(str(FAKES))}]
-[budget]
-repeats = 2
-warmup = 0
-energy = false
-threads = 1
-[axes]
-tensor_size = {sizes}
-seq_len = [4]
-batch = [2]
-channels = [4]
-input_size = [3]
-mode = ["training"]
-device = ["cpu"]
-""")
+    path.write_text(tiny_sweep_text(impls, plugins=[str(FAKES)], axes={"tensor_size": sizes}))
     return path
 
 

@@ -138,6 +138,45 @@ def test_bfloat16_close_to_float32(rng_seed):
         assert error < limit, f"{label}: relative error {error:.3g} >= {limit}"
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 3e-7), (torch.bfloat16, 2 ** -8)])
+def test_tanh_relative_error_down_to_tiny_values(dtype, tol):
+    """The operator's float tanh (bfloat16 computes in float too) is accurate in relative terms, tiny
+    values and denormals included. One step, one location, zero weights: gate g's pre-activation is
+    bias_h's g part, v; the i and o gates saturate to exactly 1 and f to 0, so c = tanh(v) (the tanh
+    of (5)) and y = h = tanh(c) (the tanh of (8)), both against float64 torch.tanh: within ``tol`` for c,
+    twice that for y (two tanh's errors; in bfloat16, each output's rounding dominates)."""
+    mags = torch.logspace(-30, 1, 125, dtype=torch.float64)
+    values = torch.cat([mags, -mags, torch.tensor([0.0, 1e-40, -1e-40, 1e-45, -1e-45, 30.0, -30.0,
+                                                  float("inf"), -float("inf"), float("nan")], dtype=torch.float64)])
+    v = values.to(dtype)  # what the operator gets, exactly
+    m = v.numel()
+    model = implementations.create("tlstm_fused", input_size=1, channels=m, tensor_size=1, kernel_size=2,
+                                   mem_conv=False, norm=None, dtype=dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.bias_h.copy_(torch.cat([v, torch.full((m,), 100.0, dtype=dtype),  # g = tanh(v), i = 1
+                                      torch.full((m,), -100.0, dtype=dtype),    # f = 0
+                                      torch.full((m,), 100.0, dtype=dtype)]))   # o = 1
+        y, (h, c) = model(torch.zeros(1, 1, 1, dtype=dtype))
+    want_c = torch.tanh(v.double())
+    want_h = torch.tanh(want_c)
+    tol_h = 2 * tol if dtype == torch.float32 else tol
+    for label, got, want, limit in (("c = tanh(v)", c.view(m), want_c, tol),
+                                    ("y = tanh(tanh(v))", y.view(m), want_h, tol_h)):
+        got = got.double()
+        number = ~want.isnan()
+        assert got[~number].isnan().all(), f"{label}: NaN in, not NaN out"
+        zero = want == 0
+        assert torch.equal(got[zero], want[zero]), f"{label}: tanh(0) = {got[zero].tolist()}"
+        nonzero = number & ~zero
+        assert (got[nonzero].sign() == want[nonzero].sign()).all(), f"{label}: wrong sign, or 0"
+        rel = ((got - want) / want).abs()[nonzero]
+        worst = int(rel.argmax())
+        assert rel.max() <= limit, (f"{label}: relative error {rel.max().item():.3g} > {limit:.3g} "
+                                    f"at v = {values[nonzero][worst].item():.6g}")
+
+
 def test_state_dict_interchange_with_naive(rng_seed):
     gen = torch.Generator().manual_seed(rng_seed)
     sizes = dict(input_size=3, channels=4, tensor_size=3, kernel_size=3, mem_conv=True, norm="cn")

@@ -111,26 +111,10 @@ def build(config, *, device, dtype):
 """
 
 
-def test_tlstm_bench_profile_end_to_end(tmp_path, capsys):
+def test_tlstm_bench_profile_end_to_end(tmp_path, capsys, tiny_sweep):
     (tmp_path / "breaks.py").write_text(BREAKS_UNDER_PROFILER)
-    sweep = tmp_path / "p.toml"
-    sweep.write_text("""
-implementations = ["tlstm_naive", "lstm_cudnn", "x_profile_breaks"]
-plugins = ["breaks.py"]
-[budget]
-repeats = 2
-warmup = 0
-energy = false
-threads = 1
-[axes]
-depth = [1, 2]
-seq_len = [4]
-batch = [2]
-channels = [4]
-input_size = [3]
-mode = ["training"]
-device = ["cpu"]
-""")
+    sweep = tiny_sweep(["tlstm_naive", "lstm_cudnn", "x_profile_breaks"], name="p.toml", plugins=["breaks.py"],
+                       axes={"depth": [1, 2]})
     out = tmp_path / "out"
     try:
         assert cli.main(["profile", str(sweep), "--out", str(out), "--quiet"]) == 0

@@ -24,7 +24,7 @@ from reports.capacity import (
     Group,
     build_capacity,
     capacity_rows,
-    compare,
+    compare_groups,
     run_text,
 )  # fmt: skip
 from reports.claims import BY_CONSTRUCTION, FAILS, HOLDS, NOT_MEASURED, PARTLY, UNDECIDED
@@ -167,36 +167,36 @@ def _group(runs: list[dict[str, Any]], label: str = "x", family: str = "tlstm") 
 def test_seed_rule_needs_disjoint_ranges_and_a_margin():
     a = _group([run("tlstm_fused", 4, s, acc=v) for s, v in enumerate((0.90, 0.92))])
     b = _group([run("lstm_cudnn", 4, s, acc=v) for s, v in enumerate((0.80, 0.85))], family="lstm")
-    assert compare(a, b).outcome == A_WINS and compare(b, a).outcome == B_WINS
-    assert compare(a, b).metric == "final held-out symbol accuracy"
+    assert compare_groups(a, b).outcome == A_WINS and compare_groups(b, a).outcome == B_WINS
+    assert compare_groups(a, b).metric == "final held-out symbol accuracy"
     overlap = _group([run("lstm_cudnn", 4, s, acc=v) for s, v in enumerate((0.80, 0.91))], family="lstm")
-    assert compare(a, overlap).outcome == OVERLAP and "seeds overlap" in compare(a, overlap).text
+    assert compare_groups(a, overlap).outcome == OVERLAP and "seeds overlap" in compare_groups(a, overlap).text
     # disjoint but the means only ACC_MARGIN / 2 apart: not decided
     close = _group([run("lstm_cudnn", 4, s, acc=v) for s, v in enumerate((0.905, 0.90))], family="lstm")
     near = _group([run("tlstm_fused", 4, s, acc=v) for s, v in enumerate((0.91, 0.906))])
     assert abs(0.908 - 0.9025) < ACC_MARGIN
-    c = compare(near, close)
+    c = compare_groups(near, close)
     assert c.outcome == OVERLAP and "means within the margin" in c.text
 
 
 def test_seed_rule_compares_samples_only_when_every_run_of_both_solved():
     fast = _group([run("tlstm_fused", 4, s, solved_at=v) for s, v in enumerate((20_000, 22_000))])
     slow = _group([run("lstm_cudnn", 4, s, solved_at=v) for s, v in enumerate((30_000, 34_000))], family="lstm")
-    c = compare(fast, slow)
+    c = compare_groups(fast, slow)
     assert c.outcome == A_WINS and c.metric == "samples to solve" and "20k–22k" in c.text
     # 8% apart and disjoint: within the 10% margin
     nearly = _group([run("lstm_cudnn", 4, s, solved_at=v) for s, v in enumerate((22_500, 23_000))], family="lstm")
-    assert compare(fast, nearly).outcome == OVERLAP
+    assert compare_groups(fast, nearly).outcome == OVERLAP
     # one unsolved seed turns the comparison to accuracy, where a solved run beats the unsolved one
     mixed = _group([run("lstm_cudnn", 4, 0, solved_at=25_000), run("lstm_cudnn", 4, 1, acc=0.9)], family="lstm")
-    c = compare(fast, mixed)
+    c = compare_groups(fast, mixed)
     assert c.metric == "final held-out symbol accuracy" and c.outcome == OVERLAP  # 0.995 vs {0.995, 0.9}
 
 
 def test_seed_rule_with_one_seed_decides_nothing():
     a = _group([run("tlstm_fused", 4, 0, acc=1.0 - 0.005)])
     b = _group([run("lstm_cudnn", 4, s, acc=0.2) for s in SEEDS], family="lstm")
-    c = compare(a, b)
+    c = compare_groups(a, b)
     assert c.outcome == ONE_SEED and "one seed" in c.text
 
 
@@ -204,7 +204,7 @@ def test_a_diverged_run_counts_as_accuracy_zero_and_a_crash_not_at_all():
     a = _group([run("tlstm_fused", 4, s, acc=0.5) for s in SEEDS])
     b = _group([run("lstm_cudnn", 4, 0, acc=0.6), run("lstm_cudnn", 4, 1, status="diverged", samples_seen=3_200),
                 run("lstm_cudnn", 4, 2, status="crashed", samples_seen=None)], family="lstm")
-    c = compare(a, b)
+    c = compare_groups(a, b)
     assert sorted(c.b_values) == [0.0, 0.6] and c.outcome == OVERLAP
 
 
@@ -360,7 +360,7 @@ def test_a_diverged_run_is_listed_with_its_samples_seen(tmp_path):
     runs = capacity_rows(reports.normalize(df))
     lstm_8 = Group(LSTM, "lstm", 8.0, runs[(runs["label"] == LSTM) & (runs["depth"] == 8)])
     tlstm_8 = Group(TL_M, "tlstm", 8.0, runs[(runs["label"] == TL_M) & (runs["depth"] == 8)])
-    assert sorted(compare(tlstm_8, lstm_8).b_values) == pytest.approx([0.0, 0.45, 0.46, 0.47])
+    assert sorted(compare_groups(tlstm_8, lstm_8).b_values) == pytest.approx([0.0, 0.45, 0.46, 0.47])
 
 
 # --- normalize and the split ----------------------------------------------------------------------------

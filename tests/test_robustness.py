@@ -19,29 +19,20 @@ import pytest
 
 from bench import cli, contract, results
 from bench.outdir import OutputBusy, OutputLock, atomic_write
+from tests.conftest import tiny_sweep_text
 
 REPO = Path(__file__).resolve().parent.parent
 FAKES = Path(__file__).resolve().parent / "fake_impls.py"
 CLI = Path(sys.executable).parent / "tlstm-bench"  # the console script, as a user runs it
 
-TINY = """
-implementations = ["lstm_cudnn"]
-seed = 1
-[budget]
-repeats = 2
-warmup = 0
-timeout_s = 120
-energy = false
-threads = 1
-[axes]
-depth = [1]
-seq_len = [3]
-batch = [2]
-channels = [4]
-input_size = [3]
-mode = ["inference"]
-device = ["cpu"]
-"""
+
+def _tiny(impls: list[str], size: dict, **top) -> str:
+    """The tiny sweep (tests/conftest.py) with seed 1, a 120 s timeout, T = 3, inference only."""
+    axes = {**size, "seq_len": [3], "mode": ["inference"]}
+    return tiny_sweep_text(impls, seed=1, budget={"timeout_s": 120}, axes=axes, **top)
+
+
+TINY = _tiny(["lstm_cudnn"], {"depth": [1]})  # one point: POINT below
 
 POINT = contract.Point(impl="lstm_cudnn", family="lstm", tensor_size=None, depth=1, seq_len=3, batch=2, channels=4,
                        input_size=3, kernel_size=3, mem_conv=True, norm=None, dtype="float32", mode="inference",
@@ -158,8 +149,7 @@ def test_atomic_write_leaves_the_old_file_when_the_write_fails(tmp_path, monkeyp
 
 def test_a_run_interrupted_before_its_first_point_resumes_with_the_printed_command(tmp_path):
     # used to: the run could not be resumed ("needs an earlier run's results.jsonl") and the printed command failed
-    sweep = _sweep(tmp_path, TINY.replace('["lstm_cudnn"]', '["fake_slow"]').replace(
-        "seed = 1", f"seed = 1\nplugins = [{json.dumps(str(FAKES))}]").replace("depth = [1]", "tensor_size = [1, 2]"))
+    sweep = _sweep(tmp_path, _tiny(["fake_slow"], {"tensor_size": [1, 2]}, plugins=[str(FAKES)]))
     out = tmp_path / "out"
     proc = subprocess.Popen([str(CLI), "run", str(sweep), "--out", str(out), "--no-report", "--quiet"],
                             cwd=tmp_path, stderr=subprocess.PIPE, text=True,

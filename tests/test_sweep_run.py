@@ -19,33 +19,15 @@ import pytest
 import implementations
 from bench import cli, results
 from bench.contract import COLUMNS, RECORD_FIELDS, SCHEMA_VERSION, Point
+from tests.conftest import tiny_sweep_text
 
 REPO = Path(__file__).resolve().parent.parent
 FAKES = Path(__file__).resolve().parent / "fake_impls.py"
 
 
 def _write_sweep(path: Path, impls: list[str], tensor_sizes: list[int], timeout_s: float = 60.0) -> Path:
-    path.write_text(
-        f"""
-implementations = {json.dumps(impls)}
-plugins = [{json.dumps(str(FAKES))}]
-seed = 3
-[budget]
-repeats = 2
-warmup = 0
-timeout_s = {timeout_s}
-energy = false
-threads = 1
-[axes]
-tensor_size = {tensor_sizes}
-seq_len = [4]
-batch = [2]
-channels = [4]
-input_size = [3]
-mode = ["training"]
-device = ["cpu"]
-"""
-    )
+    path.write_text(tiny_sweep_text(impls, plugins=[str(FAKES)], seed=3, budget={"timeout_s": timeout_s},
+                                    axes={"tensor_size": tensor_sizes}))
     return path
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import tlstm_gate_channels, tlstm_locations, tlstm_steps, tlstm_taps
 from . import kernels
 
 # Fill internal scratch buffers with NaN before the kernels run, so a step that forgets to write
@@ -119,17 +120,17 @@ class Shape:
 
     @property
     def steps(self) -> int:
-        return self.seq_len + self.depth - 1
+        return tlstm_steps(self.seq_len, self.depth)
 
     @property
     def locations(self) -> int:
         """N: P, or P*P for the 3D tLSTM."""
-        return self.tensor_size ** (self.dims - 1)
+        return tlstm_locations(self.tensor_size, self.dims)
 
     @property
     def taps(self) -> int:
         """K, or K*K for the 3D tLSTM."""
-        return self.kernel_size ** (self.dims - 1)
+        return tlstm_taps(self.kernel_size, self.dims)
 
     @property
     def state_shape(self) -> tuple[int, ...]:
@@ -138,7 +139,7 @@ class Shape:
 
     @property
     def gate_channels(self) -> int:
-        return 4 * self.channels + (self.taps if self.mem_conv else 0)
+        return tlstm_gate_channels(self.channels, self.kernel_size, self.dims, self.mem_conv)
 
 
 def _dot_operands(dtype: torch.dtype) -> tuple:
