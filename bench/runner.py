@@ -52,6 +52,9 @@ ENV_TIMEOUT_S = 300.0
 TRACES_DIR = "traces"  # <out>/traces/<point key>.json.gz, written by `tlstm-bench profile`
 CHECKPOINTS_DIR = "checkpoints"  # <out>/checkpoints/<point key>.pt: a training run's state until its line is written
 LOG_TAIL_LINES = 4
+# A training run that ends so (its worker killed, out of memory, past its timeout) keeps its checkpoint, and
+# --resume runs it again from there; a second such end after resuming is final.
+RETRIED = ("crashed", "timeout")
 
 
 def comparison_groups(points: list[Point], indices: list[int] | None = None) -> list[list[tuple[int, Point]]]:
@@ -259,6 +262,13 @@ class Runner:
             return {"status": "crashed", "message": message + (f"; its last output: {tail}" if tail else ""),
                     "samples_s": [], "metrics": {}}
 
+    def _final(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The records ``--resume`` takes as done: all but a training run's that ended ``crashed`` or ``timeout``
+        while its checkpoint is kept (it is run again from there, and its new line replaces this one)."""
+        checkpoints = self.out_dir / CHECKPOINTS_DIR
+        return [r for r in records if not (r.get("status") in RETRIED and (checkpoints / f"{r.get('key')}.pt").is_file()
+                                           and isinstance(r.get("config"), dict) and r["config"].get("train"))]
+
     def checkpoint_path(self, point: Point) -> Path | None:
         """Where a training point keeps its state between evaluations (None for a timing point)."""
         return self.out_dir / CHECKPOINTS_DIR / f"{point.key}.pt" if point.train is not None else None
@@ -283,7 +293,7 @@ class Runner:
     def _run(self, points: list[Point], *, resume: bool, progress: ProgressFn | None,
              indices: list[int] | None) -> RunSummary:
         path = self.out_dir / results.RESULTS_FILE
-        done = {measurement_id(r) for r in results.repair(path)} if resume else set()
+        done = {measurement_id(r) for r in self._final(results.repair(path))} if resume else set()
         schedule = list(self.schedule(points, indices))
         todo = [(i, p, process) for i, p, process in schedule if (p.key, process) not in done]
         summary = RunSummary(self.out_dir, total=len(schedule), skipped=len(schedule) - len(todo))
@@ -295,13 +305,21 @@ class Runner:
                 if progress:
                     progress(n, len(todo), point, None, time.monotonic() - started)
                 started_at = datetime.now(UTC).isoformat(timespec="seconds")
+                checkpoint = self.checkpoint_path(point)
+                from_checkpoint = checkpoint is not None and checkpoint.is_file()
                 reply = self.request_point(point, process)
-                record = make_record(point, status=reply["status"], message=reply.get("message", ""),
+                message = reply.get("message", "")
+                keep = (checkpoint is not None and reply["status"] in RETRIED and checkpoint.is_file()
+                        and not from_checkpoint)
+                if keep:  # the worker died mid-run: its last checkpoint stays, and --resume continues from it
+                    message += "; its last checkpoint is kept: --resume continues the run from there"
+                elif checkpoint is not None and reply["status"] in RETRIED and from_checkpoint:
+                    message += "; it failed again after resuming from its checkpoint, so this is final"
+                record = make_record(point, status=reply["status"], message=message,
                                      samples_s=reply.get("samples_s", []), metrics=reply.get("metrics", {}), env=env,
                                      sweep=self.sweep.name, index=index, started_at=started_at, process=process)
                 results.append(path, record)
-                checkpoint = self.checkpoint_path(point)
-                if checkpoint is not None:  # the run is recorded: its state is no longer needed
+                if checkpoint is not None and not keep:  # the run is recorded: its state is no longer needed
                     checkpoint.unlink(missing_ok=True)
                 summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
                 if progress:

@@ -129,6 +129,55 @@ def gate(point: Point) -> tuple[bool, float, str]:
     return check_correctness(gate_point)
 
 
+class CheckpointRefused(ValueError):
+    """A checkpoint that cannot be this run's state: unreadable, crafted, or another point's."""
+
+
+def _restore(path: Path, point: Point, model: nn.Module, optimizer: torch.optim.Optimizer,
+             generator: torch.Generator) -> dict[str, Any]:
+    """Load a run's state from ``path`` into ``model``, ``optimizer`` and ``generator``; returns the run's
+    counters. Read with ``weights_only=True``: only tensors and plain containers, never code. Anything that
+    is not this point's state raises CheckpointRefused saying why (the caller starts over)."""
+    try:
+        saved = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001  (truncated, random bytes, a directory, a pickle of anything else)
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointRefused(f"not a readable checkpoint: {type(exc).__name__}: {why[:160]}") from None
+    if not isinstance(saved, dict) or not {"version", "key", "model", "optimizer", "generator", "state"} <= set(saved):
+        raise CheckpointRefused("not a training checkpoint (it lacks the version, key, model, optimizer, "
+                                "generator and state entries)")
+    if saved["version"] != CHECKPOINT_VERSION:
+        raise CheckpointRefused(f"checkpoint version {saved['version']!r}; this version reads {CHECKPOINT_VERSION}")
+    if saved["key"] != point.key:
+        raise CheckpointRefused(f"it is point {str(saved['key'])[:40]!r}'s, not this point's ({point.key})")
+    state = saved["state"]
+    if not isinstance(state, dict) or not isinstance(state.get("samples"), int) or \
+            not isinstance(state.get("curve"), list) or not isinstance(state.get("resumed"), int):
+        raise CheckpointRefused("its run counters are not a training run's")
+    try:
+        model_state = {k: v.clone() for k, v in model.state_dict().items()}
+        optimizer_state = optimizer.state_dict()
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+    except Exception as exc:  # noqa: BLE001  (another model's weights, a wrong optimizer or generator state)
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+        raise CheckpointRefused(f"its weights do not fit this model: {type(exc).__name__}: "
+                                f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}") from None
+    state["resumed"] += 1
+    return state
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename a refused checkpoint to ``<name>.refused-<n>`` beside it (kept for a look, never read again)."""
+    n = 0
+    while (aside := path.with_name(f"{path.name}.refused-{n}")).exists():
+        n += 1
+    os.replace(path, aside)
+    return aside
+
+
 def _save(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -163,15 +212,16 @@ def train_point(point: Point, checkpoint: Path | None = None,
     held_out = tuple(t.to(device) for t in task.batch(spec.eval_samples, seed=HELD_OUT_SEED))
     state: dict[str, Any] = {"samples": 0, "train_time_s": 0.0, "curve": [], "step_times": [], "resumed": 0,
                              "solved_at": None}
-    if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
-        if saved.get("key") == point.key and saved.get("version") == CHECKPOINT_VERSION:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            generator.set_state(saved["generator"])
-            state = saved["state"]
-            state["resumed"] += 1
+    refused_note = ""
+    if checkpoint is not None and (checkpoint.exists() or checkpoint.is_symlink()):
+        try:
+            state = _restore(checkpoint, point, model, optimizer, generator)
             log(f"resumed from {checkpoint} at {state['samples']:,} samples")
+        except CheckpointRefused as refused:
+            aside = _move_aside(checkpoint)
+            # nothing of it was loaded (_restore puts back what it changed): the run starts as a fresh one
+            refused_note = f"checkpoint {checkpoint} refused ({refused}); moved to {aside.name}; started from zero"
+            log(refused_note)
 
     losses: list[float] = []
     status, stop_reason = "ok", None
@@ -239,4 +289,5 @@ def train_point(point: Point, checkpoint: Path | None = None,
         best = metrics["best_symbol_acc"]
         message = (f"not solved within budget ({stop_reason.replace('_', ' ')}): best held-out symbol accuracy "
                    f"{best if best is not None else math.nan:.3f} after {state['samples']:,} samples; {gate_message}")
-    return {"status": status, "message": message, "samples_s": [], "metrics": metrics}
+    return {"status": status, "message": message + (f"; {refused_note}" if refused_note else ""), "samples_s": [],
+            "metrics": metrics}

@@ -299,7 +299,7 @@ def test_kill_9_mid_training_then_resume_continues_from_the_checkpoint(tmp_path)
         found = list(checkpoints.glob("*.pt")) if checkpoints.exists() else []
         if found:
             try:
-                seen = torch.load(found[0], weights_only=False)["state"]["samples"]
+                seen = torch.load(found[0], weights_only=True)["state"]["samples"]
             except Exception:  # caught mid-replace: look again
                 seen = 0
             if seen >= 1024:
