@@ -18,7 +18,9 @@ import argparse
 import json
 import re
 import shlex
+import signal
 import sys
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -32,7 +34,7 @@ from .contract import format_seconds
 from .outdir import OutputBusy, OutputLock, atomic_write
 from .sweep import Sweep, SweepError, load_sweep, shipped_sweeps
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 DEFAULT_SWEEP = "quick"
 RESULTS_ROOT = Path("results")
 
@@ -423,11 +425,29 @@ def _build_report(df, out_file: Path) -> int:
     return EXIT_OK
 
 
+def _load_results(path: str):
+    """``results.load`` for a path the user named: a results directory or file holding at least one results
+    record, else a ValueError in one line (a device, a sweep.json, an empty file), its skipped lines' warnings
+    shown only when it has records."""
+    found = results.results_path(path)
+    if found.exists() and not found.is_file():
+        raise ValueError(f"{path}: not a results file (give a results directory or its {results.RESULTS_FILE})")
+    with warnings.catch_warnings(record=True) as skipped:
+        warnings.simplefilter("always", results.ResultsWarning)
+        df = results.load(path)
+    if df.empty:
+        why = f"none of its lines is one ({skipped[0].message})" if skipped else "it is empty"
+        raise ValueError(f"{found}: holds no results record: {why}")
+    for warning in skipped:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return df
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     frames = []
     try:
         if args.results is not None:
-            frames.append(results.load(args.results))
+            frames.append(_load_results(args.results))
         if args.pytest_benchmark is not None:
             from . import pytest_benchmark_file
 
@@ -467,9 +487,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         _error(f"--threshold must be a fraction between 0 and 10 (0.05 = 5%), got {args.threshold}")
         return EXIT_USAGE
     try:
-        base, new = results.load(args.base), results.load(args.new)
+        base, new = _load_results(args.base), _load_results(args.new)
     except (OSError, ValueError) as exc:  # no such file, not readable, a path too long, bad content
         _error(str(exc))
+        return EXIT_USAGE
+    trained = [name for name, df in (("BASE", base), ("NEW", new))
+               if df["train"].map(lambda t: isinstance(t, dict)).all()]
+    if trained:
+        _error(f"compare compares timing runs (time per call, point by point); {' and '.join(trained)} hold(s) "
+               "training runs only: their samples and time to solve are in each run's report")
         return EXIT_USAGE
     table = compare(base, new, threshold=args.threshold)
     print(format_table(table))
@@ -569,14 +595,26 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     if not hasattr(args, "func"):
         return _cmd_list(args)
+    terminated = []
+
+    def on_sigterm(signum, frame):  # SIGTERM (kill, a cluster's scancel) ends a run as Ctrl-C does
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
     with warnings.catch_warnings():
         # a skipped results line (or any other warning) as one line, not Python's two with a source line
         warnings.showwarning = lambda message, *_: print(f"tlstm-bench: warning: {message}", file=sys.stderr)
         try:
-            return args.func(args)
+            code = args.func(args)
         except KeyboardInterrupt:  # before a run started (loading plugins, say): nothing to resume
             _error("interrupted")
-            return EXIT_INTERRUPTED
+            code = EXIT_INTERRUPTED
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
+    return EXIT_TERMINATED if terminated and code == EXIT_INTERRUPTED else code
 
 
 if __name__ == "__main__":

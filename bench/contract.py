@@ -444,6 +444,9 @@ def record_problem(record: Any) -> str | None:
     if not isinstance(samples, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                  for v in samples):
         return "'samples_s' is not a list of numbers"
+    problem = timing_problem(samples, record.get("metrics") or {})
+    if problem:
+        return problem
     if not isinstance(record.get("process", 0), int) or isinstance(record.get("process", 0), bool):
         return "'process' is not an integer"
     if not isinstance(record.get("env") or {}, dict):
@@ -451,6 +454,32 @@ def record_problem(record: Any) -> str | None:
     schema = record.get("schema", 1)
     if isinstance(schema, bool) or schema not in range(1, SCHEMA_VERSION + 1):
         return f"results schema {schema!r} is unknown; this version reads schemas 1 to {SCHEMA_VERSION}"
+    return None
+
+
+# A timed call longer than this is not a measurement this suite makes (a typo'd or corrupted value is).
+MAX_SAMPLE_S = 7 * 86_400.0
+
+
+def timing_problem(samples: list[float], metrics: dict[str, Any]) -> str | None:
+    """None if a record's raw samples are times (finite, > 0, at most ``MAX_SAMPLE_S``) and its stored median,
+    quartiles and per-step times are times that agree with them; else what is wrong."""
+    bad = next((v for v in samples if not (math.isfinite(v) and 0 < v <= MAX_SAMPLE_S)), None)
+    if bad is not None:
+        return (f"'samples_s' holds {bad!r}, not a time (each sample is a finite number of seconds > 0 and "
+                f"<= {MAX_SAMPLE_S:g})")
+    for name in ("time_median_s", "time_q1_s", "time_q3_s", "time_per_step_s"):
+        value = metrics.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and 0 < value <= MAX_SAMPLE_S):
+            return f"metric {name!r} is {value!r}, not a time (a finite number of seconds > 0)"
+    median = metrics.get("time_median_s")
+    if samples and median is not None:
+        own = quantile(sorted(samples), 0.5)
+        if not math.isclose(own, median, rel_tol=1e-6):
+            return f"metric 'time_median_s' = {median!r} is not the median of its samples ({own!r})"
     return None
 
 
