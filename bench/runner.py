@@ -264,10 +264,20 @@ class Runner:
 
     def _final(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The records ``--resume`` takes as done: all but a training run's that ended ``crashed`` or ``timeout``
-        while its checkpoint is kept (it is run again from there, and its new line replaces this one)."""
+        while its checkpoint is kept (it is run again from there), and, when profiling, a timed point's that has
+        no profile (it is measured again with one); the new line replaces the old one."""
         checkpoints = self.out_dir / CHECKPOINTS_DIR
-        return [r for r in records if not (r.get("status") in RETRIED and (checkpoints / f"{r.get('key')}.pt").is_file()
-                                           and isinstance(r.get("config"), dict) and r["config"].get("train"))]
+
+        def retried(r: dict[str, Any]) -> bool:
+            return (r.get("status") in RETRIED and (checkpoints / f"{r.get('key')}.pt").is_file()
+                    and isinstance(r.get("config"), dict) and bool(r["config"].get("train")))
+
+        def unprofiled(r: dict[str, Any]) -> bool:  # `profile --resume` over a timing run: profile what lacks one
+            return (self.profile and r.get("status") == "ok" and r.get("process", 0) == 0
+                    and isinstance(r.get("config"), dict) and not r["config"].get("train")
+                    and not (r.get("metrics") or {}).get("profile"))
+
+        return [r for r in records if not (retried(r) or unprofiled(r))]
 
     def checkpoint_path(self, point: Point) -> Path | None:
         """Where a training point keeps its state between evaluations (None for a timing point)."""

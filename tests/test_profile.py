@@ -130,3 +130,19 @@ def test_tlstm_bench_profile_end_to_end(tmp_path, capsys, tiny_sweep):
         assert row["profile"]["energy_j_per_step"] is None and row["profile"]["energy_note"]
     report = (out / "report.html").read_text()
     assert "Where the time goes" in report and "Framework overhead" in report and "traces/" in report
+
+
+def test_profile_resume_over_a_timing_run_profiles_the_points_without_a_profile(tmp_path, capsys, tiny_sweep):
+    # issue 23: `profile --resume` on a plain run's folder said "8 already done" and profiled nothing
+    sweep, out = tiny_sweep(["tlstm_naive", "lstm_cudnn"], name="p.toml"), tmp_path / "out"
+    assert cli.main(["run", str(sweep), "--out", str(out), "--quiet", "--no-report"]) == 0
+    timed = results.load(out)
+    assert timed["profile"].isna().all()
+    assert cli.main(["profile", str(sweep), "--out", str(out), "--resume", "--quiet", "--no-report"]) == 0
+    assert f"0 already done, {len(timed)} run" in capsys.readouterr().out
+    df = results.load(out)
+    assert len(df) == len(timed) and (df["status"] == "ok").all()  # the new lines replaced the old ones
+    for _, row in df.iterrows():
+        assert (out / "traces" / row["profile"]["trace"]).is_file()
+    assert cli.main(["profile", str(sweep), "--out", str(out), "--resume", "--quiet", "--no-report"]) == 0
+    assert f"{len(timed)} already done, 0 run" in capsys.readouterr().out
