@@ -298,7 +298,14 @@ def _run_locked(args: argparse.Namespace, sweep, points, out: Path) -> int:
                f"tlstm-bench {shlex.join(again)}")
         return EXIT_INTERRUPTED
     except Exception as exc:  # the worker cannot start, say: results so far are kept
-        _error(f"the run stopped: {exc}; finished points are in {out / results.RESULTS_FILE}")
+        from .worker import is_disk_full
+
+        if is_disk_full(exc):
+            again = list(args.argv) + ([] if args.out else ["--out", str(out)]) + ([] if args.resume else ["--resume"])
+            _error(f"the run stopped: disk full ({exc}); finished points are in {out / results.RESULTS_FILE}; free "
+                   f"some space, then continue with tlstm-bench {shlex.join(again)}")
+        else:
+            _error(f"the run stopped: {exc}; finished points are in {out / results.RESULTS_FILE}")
         return EXIT_FAILED
     df = results.load(out)
     print(f"\n{len(df)} points ({_status_counts(df)}); {summary.skipped} already done, "

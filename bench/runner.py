@@ -36,6 +36,7 @@ from . import axes, results
 from .contract import Point, make_record, measurement_id
 from .outdir import OutputLock
 from .sweep import Sweep
+from .worker import DISK_FULL
 
 WORKER_STARTUP_TIMEOUT_S = 180.0
 # The worker's entry point. Not `python -m bench.worker`, which puts the current directory first on
@@ -269,6 +270,8 @@ class Runner:
         checkpoints = self.out_dir / CHECKPOINTS_DIR
 
         def retried(r: dict[str, Any]) -> bool:
+            if str(r.get("message", "")).startswith(DISK_FULL):  # measured again once there is space
+                return True
             return (r.get("status") in RETRIED and (checkpoints / f"{r.get('key')}.pt").is_file()
                     and isinstance(r.get("config"), dict) and bool(r["config"].get("train")))
 
@@ -319,9 +322,13 @@ class Runner:
                 from_checkpoint = checkpoint is not None and checkpoint.is_file()
                 reply = self.request_point(point, process)
                 message = reply.get("message", "")
-                keep = (checkpoint is not None and reply["status"] in RETRIED and checkpoint.is_file()
-                        and not from_checkpoint)
-                if keep:  # the worker died mid-run: its last checkpoint stays, and --resume continues from it
+                disk_full = message.startswith(DISK_FULL)
+                keep = checkpoint is not None and checkpoint.is_file() and (
+                    disk_full or (reply["status"] in RETRIED and not from_checkpoint))
+                if disk_full:
+                    message += "; free some space, then --resume measures it again" + (
+                        " from its last checkpoint" if keep else "")
+                elif keep:  # the worker died mid-run: its last checkpoint stays, and --resume continues from it
                     message += "; its last checkpoint is kept: --resume continues the run from there"
                 elif checkpoint is not None and reply["status"] in RETRIED and from_checkpoint:
                     message += "; it failed again after resuming from its checkpoint, so this is final"

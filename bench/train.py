@@ -21,6 +21,7 @@ keep counting up. Before training, the core passes the suite's correctness gate 
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 import statistics
@@ -179,9 +180,20 @@ def _move_aside(path: Path) -> Path:
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
+    """Write the checkpoint beside the last one, then replace it: a kill or a full disk during the save leaves
+    the previous checkpoint whole and no temporary file (a full disk raises OSError ENOSPC naming the file)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill during the save leaves the previous checkpoint whole
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+    os.replace(tmp, path)
 
 
 def train_point(point: Point, checkpoint: Path | None = None,

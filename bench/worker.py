@@ -18,6 +18,7 @@ abort) or a hang is the runner's to detect, since this process cannot report it.
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import math
@@ -60,6 +61,17 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+# The message prefix of a point that failed because the disk is full; ``--resume`` runs such a point again.
+DISK_FULL = "disk full"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """No space left on the device: an OSError with ENOSPC, or torch's serializer failing on a short write."""
+    text = str(exc)
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in text \
+        or (isinstance(exc, RuntimeError) and "unexpected pos" in text)
+
+
 def _short_error(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
@@ -93,9 +105,14 @@ def measure_and_classify(point: Point, energy: bool, min_time_s: float = 0.0,
     except Exception as exc:  # classified, reported, and the worker goes on with the next point
         if _is_oom(exc):
             result.update(status="oom", message=_short_error(exc))
+        elif is_disk_full(exc):  # not the point's fault: --resume measures it again once there is space
+            result.update(status="error", message=f"{DISK_FULL}: {_short_error(exc)}")
         else:
             result.update(status="error", message=_short_error(exc))
-            print(traceback.format_exc(), file=sys.stderr, flush=True)
+            try:
+                print(traceback.format_exc(), file=sys.stderr, flush=True)
+            except OSError:  # worker.log cannot be written (a full disk): the reply still says what happened
+                pass
     finally:
         # Free this point's memory and compiled graphs before the next one: a compiled step reused
         # across shapes would hit dynamo's recompile limit and silently fall back to eager.

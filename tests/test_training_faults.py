@@ -10,6 +10,7 @@ hostile probe found (issue 23), then the behaviour that replaced it.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import results, train
+from bench import results, train, worker
 from tests.test_capacity import CLI, RESUME_SWEEP, _point, _write
 
 QUIET = {"log": lambda line: None}
@@ -120,8 +121,8 @@ def test_a_worker_killed_mid_run_keeps_its_checkpoint_and_resume_continues_it(tm
         time.sleep(0.1)
     workers = _children(runner.pid)
     assert runner.poll() is None and seen >= 1024 and workers, runner.stderr.read().decode()[-2000:]
-    for worker in workers:  # kill -9 of the worker, as the out-of-memory killer does
-        os.kill(worker, signal.SIGKILL)
+    for pid in workers:  # kill -9 of the worker, as the out-of-memory killer does
+        os.kill(pid, signal.SIGKILL)
     assert runner.wait(timeout=120) == 0
     runner.stderr.close()
     (record,) = results.read_records(out / "results.jsonl")
@@ -137,3 +138,59 @@ def test_a_worker_killed_mid_run_keeps_its_checkpoint_and_resume_continues_it(tm
     again = subprocess.run([str(CLI), "run", str(sweep), "--out", str(out), "--resume", "--quiet", "--no-report"],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "1 already done" in again.stderr + again.stdout
+
+
+def test_a_full_disk_during_a_checkpoint_save_leaves_the_last_one_whole_and_no_temp_file(tmp_path, monkeypatch):
+    point = _point(max_samples=256, eval_every=256, stop=False)
+    checkpoint = tmp_path / "run.pt"
+    good = _good_checkpoint(point, checkpoint)
+    before = checkpoint.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=f"cannot write checkpoint {checkpoint}: No space left on device") as info:
+        train._save(checkpoint, {**good, "state": {**good["state"], "samples": 999}})
+    assert info.value.errno == errno.ENOSPC and worker.is_disk_full(info.value)
+    assert checkpoint.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (root only), unmounted after the test."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root (and a system that allows it)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_disk_filling_mid_training_loses_nothing_once_space_is_freed(tmp_path, small_disk):
+    sweep, out = _write(tmp_path, RESUME_SWEEP), small_disk / "out"
+    filler = small_disk / "filler"
+    run = subprocess.Popen([str(CLI), "run", str(sweep), "--out", str(out), "--quiet", "--no-report"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out.exists() and list(out.glob("checkpoints/*.pt"))):
+        time.sleep(0.05)
+    with open(filler, "wb", buffering=0) as f:  # fill the disk: the next checkpoint (or line) cannot be written
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    _, err = run.communicate(timeout=300)
+    assert "Traceback" not in err and "disk full" in err
+    records = results.read_records(out / "results.jsonl")
+    assert all(r["message"].startswith("disk full") for r in records), records  # recorded as such, if at all
+    assert not list(out.rglob("*.tmp"))
+    filler.unlink()  # space again: --resume completes the run
+    resumed = subprocess.run([str(CLI), "run", str(sweep), "--out", str(out), "--resume", "--quiet", "--no-report"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    (row,) = results.load(out).to_dict("records")
+    assert row["status"] == "ok" and row["samples_seen"] == 6144
+    assert [c["samples"] for c in row["curve"]] == list(range(256, 6144 + 1, 256))
