@@ -140,7 +140,10 @@ def serve(requests: TextIO, replies: TextIO) -> None:
             send({"op": "env", "env": measure.environment(request["devices"], request["dtypes"])})
         elif request["op"] == "point":
             point = Point.from_dict(request["config"])
-            print(f"--- point {point.describe()}", file=sys.stderr, flush=True)
+            try:
+                print(f"--- point {point.describe()}", file=sys.stderr, flush=True)
+            except OSError:  # worker.log cannot be written (a full disk): measure all the same
+                pass
             send({"op": "result", **measure_and_classify(point, request.get("energy", True),
                                                          request.get("min_time_s", 0.0), request.get("trace"),
                                                          request.get("checkpoint"))})
