@@ -93,14 +93,15 @@ def _write_trace(prof: Any, trace_path: Path) -> None:
     trace_path.parent.mkdir(parents=True, exist_ok=True)
     fd, raw = tempfile.mkstemp(suffix=".json", dir=trace_path.parent)
     os.close(fd)
+    tmp = trace_path.with_name(trace_path.name + ".tmp")
     try:
         prof.export_chrome_trace(raw)
-        tmp = trace_path.with_name(trace_path.name + ".tmp")
         with open(raw, "rb") as src, gzip.open(tmp, "wb", compresslevel=6) as dst:
             shutil.copyfileobj(src, dst)
         os.replace(tmp, trace_path)
-    finally:
-        Path(raw).unlink(missing_ok=True)
+    finally:  # nothing half-written stays behind (a full disk, a kill between the steps)
+        for leftover in (Path(raw), Path(raw + ".tmp"), tmp):
+            leftover.unlink(missing_ok=True)
 
 
 def _product_rate(events: list[Any], dtype: str) -> tuple[float | None, list[int] | None, float | None]:
