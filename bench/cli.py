@@ -441,8 +441,13 @@ def _load_results(path: str):
         raise ValueError(f"{path}: not a results file (give a results directory or its {results.RESULTS_FILE})")
     with warnings.catch_warnings(record=True) as skipped:
         warnings.simplefilter("always", results.ResultsWarning)
-        df = results.load(path)
-    if df.empty:
+        try:
+            df = results.load(path)
+        except ValueError:
+            if not skipped:
+                raise
+            df = None
+    if df is None or df.empty:
         why = f"none of its lines is one ({skipped[0].message})" if skipped else "it is empty"
         raise ValueError(f"{found}: holds no results record: {why}")
     for warning in skipped:
