@@ -448,8 +448,8 @@ def _load_results(path: str):
                 raise
             df = None
     if df is None or df.empty:
-        why = f"none of its lines is one ({skipped[0].message})" if skipped else "it is empty"
-        raise ValueError(f"{found}: holds no results record: {why}")
+        why = f"(is it a results.jsonl?); {skipped[0].message}" if skipped else "(the file is empty)"
+        raise ValueError(f"{found}: no line is a results record {why}")
     for warning in skipped:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return df

@@ -289,7 +289,7 @@ def test_a_zero_time_names_the_row_instead_of_a_math_error(tmp_path, capsys):
     # the loader skips such a line, naming it (issue 23); with nothing else in the file the report refuses
     assert cli.main(["report", str(out)]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
-    assert "holds no results record" in err and "line 1 skipped: metric 'time_median_s' is 0.0, not a time" in err
+    assert "no line is a results record" in err and "line 1 skipped: metric 'time_median_s' is 0.0, not a time" in err
 
 
 def test_a_truncated_sweep_json_is_named(tmp_path, capsys):
