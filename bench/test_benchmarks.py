@@ -29,7 +29,7 @@ import torch
 
 from bench import axes, measure, train
 from bench import pytest_plugin as plugin
-from bench.contract import SCHEMA_VERSION, Point
+from bench.contract import SCHEMA_VERSION, Point, point_timing_metrics
 from bench.profile import profile_call
 from bench.runner import TRACES_DIR
 
@@ -155,6 +155,11 @@ def test_training_step(benchmark, train_point: Point, request: pytest.FixtureReq
         benchmark.group = f"training step: {task.label()}, L={point.depth}, budget {point.train.params_budget:,}"
         benchmark.extra_info.update(schema=SCHEMA_VERSION, config=point.as_dict(), key=point.key, gate=message,
                                     max_abs_err=max_abs_err, params=core_params + head_params,
-                                    core_params=core_params, head_params=head_params,
+                                    core_params=core_params, head_params=head_params, width=point.channels,
+                                    depth=point.depth, hidden_units=point.hidden_units,
                                     threads=torch.get_num_threads())
         benchmark.pedantic(step, rounds=20, warmup_rounds=3)
+    # the timing metrics of one step (a batch of whole sequences) from pytest-benchmark's own samples, as the
+    # timing benchmarks record them: time per sequence step is the step's time over T
+    samples = list(benchmark.stats.stats.data) if benchmark.stats is not None else []  # none with --benchmark-disable
+    benchmark.extra_info.update(point_timing_metrics(point, samples))

@@ -158,6 +158,18 @@ def test_tiny_run_groups_implementations_side_by_side(tiny_run):
         assert f"benchmark '{group}'" in result.stdout  # the terminal table, one per group
 
 
+def test_tiny_run_training_steps_carry_sizes_and_time_per_step(tiny_run):
+    path, _ = tiny_run
+    steps = [b for b in json.loads(path.read_text())["benchmarks"] if b["name"].startswith("test_training_step[")]
+    assert steps
+    for bench in steps:
+        extra, config = bench["extra_info"], bench["extra_info"]["config"]
+        assert extra["params"] == extra["core_params"] + extra["head_params"] and extra["core_params"] > 0
+        assert extra["width"] == config["channels"] and extra["depth"] == config["depth"]
+        assert extra["time_per_step_s"] == pytest.approx(bench["stats"]["median"] / config["seq_len"])
+        assert extra["time_median_s"] == pytest.approx(bench["stats"]["median"])
+
+
 def test_tiny_run_extra_info_and_machine_info(tiny_run):
     path, _ = tiny_run
     data = json.loads(path.read_text())
