@@ -278,6 +278,12 @@ def _usage_errors(cannot: str):
         raise UsageError(f"{cannot} ({exc.strerror or exc})") from None
 
 
+def _continue_command(args: argparse.Namespace, out: Path) -> str:
+    """The command that continues this run where it stopped: the same arguments, with --out and --resume."""
+    again = list(args.argv) + ([] if args.out else ["--out", str(out)]) + ([] if args.resume else ["--resume"])
+    return f"tlstm-bench {shlex.join(again)}"
+
+
 def _run_locked(args: argparse.Namespace, sweep, points, out: Path) -> int:
     """The run itself, with the output directory's lock held; a UsageError before the first point."""
     from .runner import Runner, progress_printer
@@ -293,17 +299,15 @@ def _run_locked(args: argparse.Namespace, sweep, points, out: Path) -> int:
     try:
         summary = runner.run(points, resume=args.resume, progress=None if args.quiet else progress_printer())
     except KeyboardInterrupt:
-        again = list(args.argv) + ([] if args.out else ["--out", str(out)]) + ([] if args.resume else ["--resume"])
         _error(f"interrupted; finished points are in {out / results.RESULTS_FILE}; continue with "
-               f"tlstm-bench {shlex.join(again)}")
+               f"{_continue_command(args, out)}")
         return EXIT_INTERRUPTED
     except Exception as exc:  # the worker cannot start, say: results so far are kept
         from .worker import is_disk_full
 
         if is_disk_full(exc):
-            again = list(args.argv) + ([] if args.out else ["--out", str(out)]) + ([] if args.resume else ["--resume"])
             _error(f"the run stopped: disk full ({exc}); finished points are in {out / results.RESULTS_FILE}; free "
-                   f"some space, then continue with tlstm-bench {shlex.join(again)}")
+                   f"some space, then continue with {_continue_command(args, out)}")
         else:
             _error(f"the run stopped: {exc}; finished points are in {out / results.RESULTS_FILE}")
         return EXIT_FAILED

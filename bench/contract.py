@@ -288,14 +288,10 @@ class _PointBase:
         """One short line for progress output: the implementation, its variant when not the plain tLSTM,
         and every axis that is a size or a choice."""
         name = self.variant()
-        parts = [self.impl + (f" [{name}]" if name not in axes.PLAIN_VARIANTS else "")]
+        parts = [self.impl + (f" [{name}]" if name not in axes.PLAIN_VARIANTS else ""), f"M={self.channels}"]
         shown = [a for a in axes.point_axes() if not a.has(axes.SWITCH) and a.name != "channels"
                  and not (self.train is not None and a.has(axes.TIMING))]
-        for axis in shown:
-            value = getattr(self, axis.name)
-            if not axes.missing(value):
-                parts.append(axis.label(value))
-        parts.insert(1, f"M={self.channels}")
+        parts += [a.label(getattr(self, a.name)) for a in shown if not axes.missing(getattr(self, a.name))]
         if self.train is not None:
             parts.append(f"{self.train.task_label()} seed {self.seed}")
         return " ".join(parts)

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import axes
+from . import axes, tasks
 from .contract import Point, TrainSpec
 from .plugins import PluginError, import_plugins
 from .sweep_values import SweepError, check_axis, check_value, describe_value, parse_set_value  # noqa: F401
@@ -207,8 +207,6 @@ class Sweep:
 
     def _set_train(self, source: str, table: Any) -> None:
         """Validate a [train] table (defaults filled in) and its task's sizes (``bench.tasks``)."""
-        from . import tasks
-
         if not isinstance(table, dict):
             raise SweepError(source, "train", f"must be a table ([train]), got {describe_value(table)}")
         sizes = tasks.size_names()
@@ -328,20 +326,16 @@ class Sweep:
                 train_sets[key.removeprefix("train.")] = value
                 train_texts.append(source)
             else:
-                from .tasks import size_names
-
                 allowed = ", ".join([*AXES, *SETTABLE_SCALARS,
-                                     *(f"train.{k}" for k in [*TRAIN, *size_names()] if sweep.train)])
+                                     *(f"train.{k}" for k in [*TRAIN, *tasks.size_names()] if sweep.train)])
                 raise SweepError(source, key, f"unknown axis or setting; allowed: {allowed}")
             sweep.overrides.append(text)
         if train_sets:
             assert sweep.train is not None
-            from .tasks import size_names
-
             table = {k: v for k, v in sweep.train.items() if v is not None and v != TRAIN.get(k, (0, 0, None))[2]}
             table["task"] = sweep.train["task"]
             if train_sets.get("task", table["task"]) != table["task"]:  # a new task: the old one's sizes go
-                for size in size_names():
+                for size in tasks.size_names():
                     table.pop(size, None)
             sweep._set_train(", ".join(train_texts), {**table, **train_sets})
         sweep._check_sizes("--set")
@@ -457,9 +451,7 @@ class Sweep:
         """The training sweep's task (``bench.tasks.Task``); None for a timing sweep."""
         if self.train is None:
             return None
-        from .tasks import from_train
-
-        return from_train(self.train)
+        return tasks.from_train(self.train)
 
     def _train_spec(self, params_budget: int | None) -> TrainSpec | None:
         if self.train is None:

@@ -134,6 +134,12 @@ class CheckpointRefused(ValueError):
     """A checkpoint that cannot be this run's state: unreadable, crafted, or another point's."""
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message (torch's run to pages)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
+
+
 def _restore(path: Path, point: Point, model: nn.Module, optimizer: torch.optim.Optimizer,
              generator: torch.Generator) -> dict[str, Any]:
     """Load a run's state from ``path`` into ``model``, ``optimizer`` and ``generator``; returns the run's
@@ -142,8 +148,7 @@ def _restore(path: Path, point: Point, model: nn.Module, optimizer: torch.optim.
     try:
         saved = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001  (truncated, random bytes, a directory, a pickle of anything else)
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointRefused(f"not a readable checkpoint: {type(exc).__name__}: {why[:160]}") from None
+        raise CheckpointRefused(f"not a readable checkpoint: {_first_line(exc)}") from None
     if not isinstance(saved, dict) or not {"version", "key", "model", "optimizer", "generator", "state"} <= set(saved):
         raise CheckpointRefused("not a training checkpoint (it lacks the version, key, model, optimizer, "
                                 "generator and state entries)")
@@ -164,8 +169,7 @@ def _restore(path: Path, point: Point, model: nn.Module, optimizer: torch.optim.
     except Exception as exc:  # noqa: BLE001  (another model's weights, a wrong optimizer or generator state)
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
-        raise CheckpointRefused(f"its weights do not fit this model: {type(exc).__name__}: "
-                                f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}") from None
+        raise CheckpointRefused(f"its weights do not fit this model: {_first_line(exc)}") from None
     state["resumed"] += 1
     return state
 
