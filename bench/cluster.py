@@ -36,6 +36,7 @@ MANIFEST = "jobs.json"
 JOBS_DIR = "jobs"
 SHARDS_DIR = "shards"
 DONE_FILE = "done.json"
+MERGED_FILE = "merged.json"  # under shards/: how many bytes of each shard are merged
 # SLURM states in which a job may still write its shard. submitit says UNKNOWN for a job sacct does not list
 # yet (just submitted) or any more (purged): counted as running for UNKNOWN_GRACE_S after submission.
 RUNNING_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "READY"}
@@ -194,25 +195,56 @@ def job_running(out: Path, entry: dict[str, Any]) -> bool:
 
 
 def merge_shards(out: Path) -> int:
-    """Append to ``results.jsonl`` every shard record whose (point, process) it lacks; returns how many."""
+    """Append to ``results.jsonl`` every shard record whose (point, process) it lacks; returns how many.
+
+    Linear in what is new: ``shards/merged.json`` keeps, per shard, how many bytes of it have been merged,
+    and only the bytes after that are read (all of a shard whose file got shorter, as a torn line cut off).
+    The offsets are written after the records are appended and fsynced, so a merge killed in between
+    reads those bytes again, and the (point, process) check keeps them from being appended twice.
+    """
     with OutputLock(out):
-        have = {measurement_id(r) for r in results.repair(out)}
-        added = 0
+        state_file = out / SHARDS_DIR / MERGED_FILE
+        try:
+            offsets = json.loads(state_file.read_text())
+            offsets = {str(k): int(v) for k, v in offsets.items()} if isinstance(offsets, dict) else {}
+        except (OSError, ValueError, TypeError):
+            offsets = {}
+        new: list[dict[str, Any]] = []
         for shard in sorted((out / SHARDS_DIR).glob("job-*")):
-            for record in results.read_records(shard):
-                ident = measurement_id(record)
-                if ident not in have:
-                    results.append(out, record)
-                    have.add(ident)
-                    added += 1
-    return added
+            path = shard / results.RESULTS_FILE
+            size = path.stat().st_size if path.is_file() else 0
+            start = offsets.get(shard.name, 0)
+            if start > size:  # the shard was cut short since (a torn last line removed): read it all again
+                start = 0
+            if size == start:
+                continue
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read(size - start)
+            records, used = results.parse_lines(data, str(path), whole_file=path if start else None)
+            new += records
+            offsets[shard.name] = start + used
+        if not new:
+            return 0
+        have = results.measurement_ids(out)
+        fresh = []
+        for record in new:
+            ident = measurement_id(record)
+            if ident not in have:
+                fresh.append(record)
+                have.add(ident)
+        results.cut_torn_line(out)  # a torn last line of results.jsonl is cut off before appending
+        if fresh:
+            results.append(out, *fresh)
+        atomic_write(state_file, json.dumps(offsets, indent=0) + "\n")
+    return len(fresh)
 
 
 def missing(out: Path, sweep: Sweep, manifest: dict[str, Any],
             running: list[dict[str, Any]] | None = None) -> tuple[list[Point], list[int]]:
     """The manifest's points with a (point, process) measurement still absent from ``results.jsonl``, less
     those a job in ``running`` may still measure."""
-    have = {measurement_id(r) for r in results.read_records(out)}
+    have = results.measurement_ids(out)
     pending = {index for entry in (running or []) for index in entry["indices"]}
     points, indices, seen = [], [], set()
     for entry in manifest["jobs"]:
@@ -232,7 +264,7 @@ def wait(out: Path, manifest: dict[str, Any], progress=None, poll_s: float = 2.0
         merge_shards(out)
         running = [entry for entry in manifest["jobs"] if job_running(out, entry)]
         if progress:
-            progress(len(manifest["jobs"]) - len(running), len(manifest["jobs"]), len(results.read_records(out)))
+            progress(len(manifest["jobs"]) - len(running), len(manifest["jobs"]), len(results.measurement_ids(out)))
         if not running:
             break
         time.sleep(poll_s)

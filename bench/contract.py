@@ -5,11 +5,14 @@ Every producer (sweep expansion, worker, measurement, the pytest-benchmark bench
 consumer (the results loader, the pytest-benchmark file loader, the report, the CLI's table) takes
 these definitions from here and keeps no copy of its own. Nothing here imports torch.
 
-A results file is JSON lines, one record per point and worker process (``RECORD_FIELDS``)::
+A results record holds one point measured in one worker process (``RECORD_FIELDS``)::
 
-    {"schema": 3, "key": "<16 hex>", "sweep": "quick", "index": 3, "process": 0, "config": {<Point fields>},
+    {"schema": 4, "key": "<16 hex>", "sweep": "quick", "index": 3, "process": 0, "config": {<Point fields>},
      "status": "ok", "message": "...", "samples_s": [...], "metrics": {<METRIC_FIELDS>},
      "env": {...}, "started_at": "2026-12-01T14:00:00+00:00"}
+
+(``bench.results`` writes it as one JSON line, the samples as base64 float32 and the environment by
+reference to a line of its own; this module sees records only as above.)
 
 A sweep with ``budget.processes = N`` measures every point in N worker processes, one record each
 (``process`` 0..N-1); the loader merges them into one row whose timing metrics use every sample and
@@ -29,6 +32,8 @@ from dataclasses import dataclass, field, fields, make_dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from . import axes
 from .axes import DEVICES, DTYPES, MODES, format_seconds  # noqa: F401  (re-exported: the contract's vocabulary)
 from .metrics import METRICS, TIMING_FIELDS  # noqa: F401  (re-exported: the contract's vocabulary)
@@ -38,7 +43,7 @@ if TYPE_CHECKING:
 
     from implementations import ModelConfig
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # What became of a point. ok: passed the correctness gate and was timed (or trained to the end of its
 # budget); incorrect: failed the gate (not timed); diverged: a training run whose loss became NaN or
@@ -338,11 +343,13 @@ NUMERIC_COLUMNS = (*(name for name in CONFIG_FIELDS if name in axes.names() and 
 # timing metrics
 
 
-def quantile(ordered: list[float], q: float) -> float:
-    """The q-quantile of sorted values, interpolated linearly (numpy's default method)."""
+def quantile(ordered: Any, q: float) -> float:
+    """The q-quantile of sorted values, interpolated linearly (numpy's default method), without numpy's
+    per-call overhead (the loader computes it for every point of a large file)."""
     pos = (len(ordered) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
 
 
 def timing_metrics(
@@ -364,19 +371,19 @@ def timing_metrics(
     the spread between worker processes: the range of their medians over the pooled median; they
     disagree when it exceeds the noise threshold.
     """
-    if samples:
-        ordered = sorted(samples)
+    values = np.asarray(samples if samples is not None else [], dtype=np.float64)
+    if values.size:
+        ordered = np.sort(values)
         median, q1, q3 = quantile(ordered, 0.5), quantile(ordered, 0.25), quantile(ordered, 0.75)
     elif quartiles is not None and all(v is not None and math.isfinite(v) for v in quartiles):
         median, q1, q3 = (float(v) for v in quartiles)
     else:
         return {}
     positive = median > 0
-    ids = processes if processes is not None and len(processes) == len(samples) else [0] * len(samples)
-    by_process: dict[int, list[float]] = {}
-    for pid, value in zip(ids, samples):
-        by_process.setdefault(pid, []).append(value)
-    medians = [quantile(sorted(values), 0.5) for values in by_process.values()]
+    ids = np.asarray(processes) if processes is not None and len(processes) == values.size else None
+    by_process = {0: values} if ids is None or not ids.size or (ids == ids[0]).all() else {pid: values[ids == pid]
+                                                                             for pid in np.unique(ids)}
+    medians = [quantile(np.sort(v), 0.5) for v in by_process.values()] if len(by_process) > 1 else []
     spread = (max(medians) - min(medians)) / median if len(medians) > 1 and positive else None
     return {
         "time_median_s": median,
@@ -436,9 +443,13 @@ def record_problem(record: Any) -> str | None:
         return f"'status' must be one of {', '.join(STATUSES)}, got {record.get('status')!r}"
     if not isinstance(record.get("metrics") or {}, dict):
         return f"'metrics' is not an object (got {type(record.get('metrics')).__name__})"
-    samples = record.get("samples_s") or []
-    if not isinstance(samples, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                 for v in samples):
+    samples = record.get("samples_s")
+    if samples is None:
+        samples = []
+    if isinstance(samples, list):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in samples):
+            return "'samples_s' is not a list of numbers"
+    elif not (isinstance(samples, np.ndarray) and samples.ndim == 1 and samples.dtype.kind == "f"):
         return "'samples_s' is not a list of numbers"
     problem = timing_problem(samples, record.get("metrics") or {})
     if problem:
@@ -460,8 +471,11 @@ MAX_SAMPLE_S = 7 * 86_400.0
 def timing_problem(samples: list[float], metrics: dict[str, Any]) -> str | None:
     """None if a record's raw samples are times (finite, > 0, at most ``MAX_SAMPLE_S``) and its stored median,
     quartiles and per-step times are times that agree with them; else what is wrong."""
-    bad = next((v for v in samples if not (math.isfinite(v) and 0 < v <= MAX_SAMPLE_S)), None)
-    if bad is not None:
+    values = np.asarray(samples, dtype=np.float64)
+    if values.size and not (0 < values.min() and values.max() <= MAX_SAMPLE_S):  # NaN fails both
+        wrong = ~(np.isfinite(values) & (values > 0) & (values <= MAX_SAMPLE_S))
+        bad = samples[int(np.argmax(wrong))]
+        bad = bad.item() if isinstance(bad, np.generic) else bad
         return (f"'samples_s' holds {bad!r}, not a time (each sample is a finite number of seconds > 0 and "
                 f"<= {MAX_SAMPLE_S:g})")
     for name in ("time_median_s", "time_q1_s", "time_q3_s", "time_per_step_s"):
@@ -472,8 +486,8 @@ def timing_problem(samples: list[float], metrics: dict[str, Any]) -> str | None:
                 math.isfinite(value) and 0 < value <= MAX_SAMPLE_S):
             return f"metric {name!r} is {value!r}, not a time (a finite number of seconds > 0)"
     median = metrics.get("time_median_s")
-    if samples and median is not None:
-        own = quantile(sorted(samples), 0.5)
+    if values.size and median is not None:
+        own = quantile(np.sort(values), 0.5)
         if not math.isclose(own, median, rel_tol=1e-6):
             return f"metric 'time_median_s' = {median!r} is not the median of its samples ({own!r})"
     return None
@@ -494,6 +508,8 @@ def upgrade(record: dict[str, Any]) -> dict[str, Any]:
     if isinstance(version, bool) or version not in range(1, SCHEMA_VERSION):
         raise ContractError(f"results schema {version!r} is unknown; this version reads schemas 1 to {SCHEMA_VERSION}")
     record = {**record, "schema": SCHEMA_VERSION}
+    if version == 3:  # schema 4 changed only how a line encodes the samples and the environment
+        return record
     if isinstance(record.get("config"), dict):
         record["config"] = {**OPTIONAL_CONFIG_FIELDS, **record["config"]}
     if version == 2:
@@ -507,7 +523,7 @@ def upgrade(record: dict[str, Any]) -> dict[str, Any]:
         point = None
     if point is not None and metrics.get("time_median_s") is not None:
         quartiles = (metrics.get("time_median_s"), metrics.get("time_q1_s"), metrics.get("time_q3_s"))
-        computed = timing_metrics(record.get("samples_s") or [], seq_len=point.seq_len,
+        computed = timing_metrics(_samples(record), seq_len=point.seq_len,
                                   recurrent_steps=point.recurrent_steps, batch=point.batch,
                                   flops=metrics.get("flops"), quartiles=quartiles)
         for name, value in computed.items():  # what schema 1 did not record
@@ -516,25 +532,50 @@ def upgrade(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def _samples(record: dict[str, Any]) -> np.ndarray:
+    """A record's raw samples as a float64 array (empty when it has none)."""
+    samples = record.get("samples_s")
+    return np.empty(0) if samples is None else np.asarray(samples, dtype=np.float64)
+
+
+_DERIVED: dict[Any, tuple[dict[str, Any], dict[str, Any]]] = {}  # key -> (config, derived): a point's processes
+
+
+def _derived(key: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """``Point.derived()`` of a record's config (None for each field where the config is not a whole point),
+    computed once for the records of one point."""
+    cached = _DERIVED.get(key)
+    if cached is not None and cached[0] == config:
+        return cached[1]
+    try:
+        derived = Point.from_dict(config).derived()
+    except (ContractError, TypeError):  # a hand-written config without every field: nothing derived
+        derived = dict.fromkeys(DERIVED_FIELDS)
+    if len(_DERIVED) > 100_000:
+        _DERIVED.clear()
+    _DERIVED[key] = (config, derived)
+    return derived
+
+
 def record_row(record: dict[str, Any]) -> dict[str, Any]:
     """A results record (any schema) flattened into one row with the ``COLUMNS``."""
     record = upgrade(record)
     config, metrics = record.get("config") or {}, record.get("metrics") or {}
     row = {name: config.get(name, OPTIONAL_CONFIG_FIELDS.get(name)) for name in CONFIG_FIELDS}
-    row.update(dict.fromkeys(DERIVED_FIELDS))
-    try:
-        row.update(Point.from_dict(config).derived())
-    except (ContractError, TypeError):  # a hand-written config without every field: nothing derived
-        pass
-    row["status"] = record.get("status")
-    row["message"] = record.get("message", "")
+    row.update(_derived(record.get("key"), config))
     row.update({name: metrics.get(name) for name in METRIC_FIELDS})
-    row["samples_s"] = list(record.get("samples_s") or [])
-    row["sample_processes"] = [record.get("process", 0)] * len(row["samples_s"])
+    row.update(samples_row(record))  # status, message, samples
     for name in ("key", "sweep", "index", "started_at", "schema"):
         row[name] = record.get(name)
     row["machine"] = machine_fingerprint(record.get("env") or {})
     return row
+
+
+def samples_row(record: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`merge_rows` reads of a row that is not the merged row's base: status, message and samples."""
+    samples = _samples(record)
+    return {"status": record.get("status"), "message": record.get("message", ""), "samples_s": samples,
+            "sample_processes": np.full(samples.size, record.get("process", 0), dtype=np.int64)}
 
 
 def machine_fingerprint(env: dict[str, Any]) -> str | None:
@@ -562,13 +603,13 @@ def merge_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
         process, first = failed[0]
         merged["status"] = first["status"]
         merged["message"] = f"process {process}: {first['message']}"
-    merged["samples_s"] = [value for row in ok for value in row["samples_s"]]
-    merged["sample_processes"] = [pid for row in ok for pid in row["sample_processes"]]
-    try:
-        point = Point.from_dict({name: merged[name] for name in CONFIG_FIELDS})
-    except (ContractError, TypeError):  # a hand-written config without every field: keep the first metrics
-        return merged
-    merged.update(point_timing_metrics(point, merged["samples_s"], processes=merged["sample_processes"]))
+    merged["samples_s"] = np.concatenate([row["samples_s"] for row in ok]) if ok else np.empty(0)
+    merged["sample_processes"] = np.concatenate([row["sample_processes"] for row in ok]) if ok else np.empty(0, int)
+    if any(axes.missing(merged[name]) for name in ("seq_len", "recurrent_steps", "batch")):
+        return merged  # a hand-written config without every field: keep the first metrics
+    merged.update(timing_metrics(merged["samples_s"], seq_len=merged["seq_len"],
+                                 recurrent_steps=merged["recurrent_steps"], batch=merged["batch"],
+                                 flops=merged["flops"], processes=merged["sample_processes"]))
     return merged
 
 

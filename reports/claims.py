@@ -9,7 +9,7 @@ applies is written into ``Claim.rule`` so the report states it next to the verdi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,8 +18,8 @@ import pandas as pd
 from bench import axes
 from bench.axes import format_seconds
 
-from .data import fmt_int, ok_rows, timing_rows
-from .stats import BOOTSTRAP_REPLICATES, CONFIDENCE, Interval, bootstrap_medians, interval, slopes
+from .data import fmt_int, ok_rows, samples_of, timing_rows
+from .stats import CONFIDENCE, Interval, bootstrap_medians_many, interval, slopes
 
 HOLDS = "holds"
 BY_CONSTRUCTION = "holds by construction"
@@ -249,6 +249,7 @@ class _Line:
     depths: np.ndarray  # [D]
     medians: np.ndarray  # [D] time per output step
     replicates: np.ndarray  # [R, D]
+    rows: np.ndarray = field(compare=False, repr=False)  # [D] the points' positions in the frame judged
 
     def slope(self) -> Interval:
         return interval(float(slopes(self.depths, self.medians)[0]), slopes(self.depths, self.replicates))
@@ -260,26 +261,59 @@ class _Line:
 
     def at(self, depths: np.ndarray) -> _Line:
         keep = np.isin(self.depths, depths)
-        return _Line(self.impl, self.variant, self.depths[keep], self.medians[keep], self.replicates[:, keep])
+        return _Line(self.impl, self.variant, self.depths[keep], self.medians[keep], self.replicates[:, keep],
+                     self.rows[keep])
 
 
-def _lines(rows: pd.DataFrame, rng: np.random.Generator) -> list[_Line]:
+def _lines(frame: _Columns, positions: np.ndarray) -> list[_Line]:
+    """Each implementation's line among the rows at ``positions``, its medians only (replicates come later,
+    see ``_resampled``)."""
+    by_line: dict[tuple[str, str], list[int]] = {}
+    for position in positions:
+        impl, variant = frame.impl[position], frame.variant[position]
+        if not (pd.isna(impl) or pd.isna(variant)):
+            by_line.setdefault((str(impl), str(variant)), []).append(position)
     lines = []
-    for (impl, variant), group in rows.groupby(["impl", "variant"]):
-        group = group.sort_values("depth")
-        reps = []
-        for _, row in group.iterrows():
-            samples = row["samples_s"] if isinstance(row["samples_s"], list) and row["samples_s"] else []
-            if samples:
-                # the contract's per-step time over its per-call median: the same scale for every replicate
-                scale = row[FASTER_TIME] / row["time_median_s"]
-                reps.append(bootstrap_medians(samples, row["sample_processes"] if isinstance(
-                    row["sample_processes"], list) else None, rng=rng) * scale)
-            else:  # no raw samples kept (a pytest-benchmark file saved without data): no spread to draw from
-                reps.append(np.full(BOOTSTRAP_REPLICATES, row[FASTER_TIME]))
-        lines.append(_Line(str(impl), str(variant), group["depth"].to_numpy(float),
-                           group[FASTER_TIME].to_numpy(float), np.stack(reps, axis=1)))
+    for (impl, variant), rows in sorted(by_line.items()):
+        idx = np.asarray(rows)
+        idx = idx[np.argsort(frame.depth[idx], kind="stable")]
+        lines.append(_Line(impl, variant, frame.depth[idx], frame.time[idx], np.empty((0, len(idx))), idx))
     return lines
+
+
+def _resampled(frame: _Columns, lines: list[_Line], rng: np.random.Generator) -> list[_Line]:
+    """The lines with their bootstrap replicates, every point of them resampled in one call."""
+    if not lines:
+        return []
+    rows = np.concatenate([line.rows for line in lines])
+    samples = [frame.samples[i] for i in rows]
+    medians = bootstrap_medians_many([s for s, _ in samples], [p for _, p in samples], rng=rng)
+    # the contract's per-step time over its per-call median: one scale for every replicate of a point; a point
+    # without raw samples (a pytest-benchmark file saved without data) has no spread to draw from
+    reps = np.where(np.isnan(medians), frame.time[rows][:, None], medians * (frame.time / frame.median)[rows][:, None])
+    out, start = [], 0
+    for line in lines:
+        out.append(replace(line, replicates=reps[start:start + len(line.depths)].T.copy()))
+        start += len(line.depths)
+    return out
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """The columns the Faster rule reads, as arrays (positions index them)."""
+
+    impl: np.ndarray
+    variant: np.ndarray
+    depth: np.ndarray
+    time: np.ndarray  # FASTER_TIME
+    median: np.ndarray  # time per call
+    samples: list[tuple[np.ndarray, np.ndarray | None]]
+
+    @classmethod
+    def of(cls, ok: pd.DataFrame) -> _Columns:
+        return cls(ok["impl"].to_numpy(), ok["variant"].to_numpy(), ok["depth"].to_numpy(float),
+                   ok[FASTER_TIME].to_numpy(float), ok["time_median_s"].to_numpy(float),
+                   [samples_of(row) for row in ok[["samples_s", "sample_processes"]].to_dict("records")])
 
 
 def _fastest(lines: list[_Line], depths: set[float]) -> _Line | None:
@@ -319,13 +353,17 @@ def judge_faster(df: pd.DataFrame, seed: int = 0) -> Claim:
             f"stacked LSTM's slope is not positive. Time per recurrent step (call / (T+L-1)) is in the tables, not in "
             f"the rule")
     ok = ok_rows(df)
-    ok = ok[ok[FASTER_TIME].notna() & ok["depth"].notna() & (ok[FASTER_TIME] > 0)]
+    ok = ok[ok[FASTER_TIME].notna() & ok["depth"].notna() & (ok[FASTER_TIME] > 0)].reset_index(drop=True)
+    frame = _Columns.of(ok)
+    family = ok["family"].to_numpy()
+    machines = ok["machine"].nunique() > 1
     rng = np.random.default_rng(seed)
     details: list[str] = []
     data: list[dict[str, Any]] = []
-    for slice_key, rows in ok.groupby(list(SLICE_FIELDS), dropna=False):
-        tlstm_lines = _lines(rows[rows["family"] == "tlstm"], rng)
-        lstm_lines = _lines(rows[rows["family"] == "lstm"], rng)
+    judged: list[tuple[Any, _Line, _Line]] = []  # per slice: its fastest tLSTM and fastest stacked LSTM
+    for slice_key, positions in ok.groupby(list(SLICE_FIELDS), dropna=False).indices.items():
+        tlstm_lines = _lines(frame, positions[family[positions] == "tlstm"])
+        lstm_lines = _lines(frame, positions[family[positions] == "lstm"])
         lstm_depths = {d for line in lstm_lines for d in line.depths}
         tlstm = _fastest(tlstm_lines, lstm_depths)
         if tlstm is None:
@@ -333,11 +371,14 @@ def judge_faster(df: pd.DataFrame, seed: int = 0) -> Claim:
         lstm = _fastest(lstm_lines, set(tlstm.depths))
         if lstm is None:
             continue
-        tlstm = tlstm.at(lstm.depths)
+        judged.append((slice_key, tlstm.at(lstm.depths), lstm))
+    # only the lines judged are resampled, all of them in one call
+    lines = iter(_resampled(frame, [line for _, tlstm, lstm in judged for line in (tlstm, lstm)], rng))
+    for (slice_key, _, _), tlstm, lstm in zip(judged, lines, lines):
         where = dict(zip(SLICE_FIELDS, slice_key))
         label = (f"{where['device']} {where['dtype']} {where['mode']}, batch {fmt_int(where['batch'])}, "
                  f"T={fmt_int(where['seq_len'])}, M={fmt_int(where['channels'])}"
-                 + (f", on {where['machine']}" if ok["machine"].nunique() > 1 else ""))
+                 + (f", on {where['machine']}" if machines else ""))
         pair = (f"{tlstm.impl} [{tlstm.variant}] vs {lstm.impl}, L {int(tlstm.depths[0])}→{int(tlstm.depths[-1])}"
                 f" ({len(tlstm.depths)} depths)")
         t_slope, l_slope = tlstm.slope(), lstm.slope()

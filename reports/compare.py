@@ -19,16 +19,11 @@ import pandas as pd
 
 from bench.contract import CONFIG_FIELDS, format_seconds
 
+from .data import samples_of
 from .stats import bootstrap_medians, interval
 
 MATCH_FIELDS = tuple(f for f in CONFIG_FIELDS if f not in ("repeats", "warmup"))
 SLOWER, FASTER, SAME, FAILED = "slower", "faster", "same", "failed"
-
-
-def _samples(row: pd.Series) -> tuple[list[float], list[int] | None]:
-    samples = row["samples_s"] if isinstance(row["samples_s"], list) else []
-    processes = row.get("sample_processes")
-    return samples, processes if isinstance(processes, list) else None
 
 
 def _describe(row: pd.Series) -> str:
@@ -67,9 +62,9 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.05, seed
     for match in [m for m in new_ok if m in base_ok]:
         b, n = base_ok[match], new_ok[match]
         ratio = float(n["time_median_s"] / b["time_median_s"])
-        b_samples, b_proc = _samples(b)
-        n_samples, n_proc = _samples(n)
-        if b_samples and n_samples:
+        b_samples, b_proc = samples_of(b)
+        n_samples, n_proc = samples_of(n)
+        if b_samples.size and n_samples.size:
             reps = bootstrap_medians(n_samples, n_proc, rng=rng) / bootstrap_medians(b_samples, b_proc, rng=rng)
             band = interval(ratio, reps)
         else:  # no raw samples: no interval, so no point can be called slower or faster

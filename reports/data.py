@@ -195,6 +195,15 @@ def _fill_derived(out: pd.DataFrame) -> None:
             out.at[i, name] = np.nan if value is None else value
 
 
+def samples_of(row: pd.Series) -> tuple[np.ndarray, np.ndarray | None]:
+    """A row's raw samples (float64, empty when none were kept) and the worker process of each (None
+    when unknown)."""
+    samples, processes = row.get("samples_s"), row.get("sample_processes")
+    values = np.asarray(samples, dtype=float) if isinstance(samples, (list, np.ndarray)) else np.empty(0)
+    ids = np.asarray(processes) if isinstance(processes, (list, np.ndarray)) and len(processes) == values.size else None
+    return values, ids
+
+
 def _fill_timing(out: pd.DataFrame) -> None:
     """Rows with a median but no per-step metrics (a frame built by hand) get them from the contract's
     one timing function, from their samples or, without samples, their quartiles."""
@@ -204,7 +213,7 @@ def _fill_timing(out: pd.DataFrame) -> None:
     for i in todo:
         row = out.loc[i]
         depth = row["depth"] if pd.notna(row["depth"]) else 1
-        samples = row["samples_s"] if isinstance(row["samples_s"], list) else []
+        samples, _ = samples_of(row)
         metrics = timing_metrics(
             samples, seq_len=int(row["seq_len"]),
             recurrent_steps=int(row["recurrent_steps"]) if pd.notna(row["recurrent_steps"])

@@ -36,7 +36,7 @@ from .figures import (
     profile_shares,
     with_labels,
 )  # fmt: skip
-from .markup import VERDICT_CLASS, cell, claims_html, e, figure_html, figures_html, html_table  # noqa: F401
+from .markup import MAX_ROWS, VERDICT_CLASS, cell, claims_html, e, figure_html, figures_html, html_table  # noqa: F401
 
 # The speed report's sections (a frame of timing rows, or an empty one), the capacity report's (a frame of
 # training rows), and the ones every report ends with.
@@ -210,34 +210,36 @@ def _summary_html(df: pd.DataFrame) -> str:
     varying, fixed = _constant_sizes(ok, _KEY_SIZES)
     index = varying or ["device"]
     labels = sorted(ok["label"].unique())
-    grouped = {}
-    for key, group in ok.groupby(index + ["label"], dropna=False):
-        grouped[key] = group
-    keys = sorted({k[:-1] for k in grouped}, key=lambda k: tuple((pd.isna(v), str(v) if isinstance(v, str) else v)
-                                                                 for v in k))
+    ok["step_iqr"] = ok["time_per_step_q3_s"] - ok["time_per_step_q1_s"]
+    ok["disagree"] = ok["processes_disagree"].fillna(False).astype(bool)
+    ok["noisy_flag"] = ok["noisy"].fillna(False).astype(bool)
+    cells = ok.groupby(index + ["label"], dropna=False).agg(
+        median=("time_per_step_s", "median"), iqr=("step_iqr", "median"),
+        recurrent=("time_per_recurrent_step_s", "median"), noisy=("noisy_flag", "any"),
+        spread=("process_spread", "max"), disagree=("disagree", "any"))
+    by_key: dict[tuple, dict[str, Any]] = {}
+    for key, cell_values in zip(cells.index, cells.to_dict("records")):
+        by_key.setdefault(key[:-1], {})[key[-1]] = cell_values
+    keys = sorted(by_key, key=lambda k: tuple((pd.isna(v), str(v) if isinstance(v, str) else v) for v in k))
     rows = []
-    for key in keys:
+    for key in keys[:MAX_ROWS]:  # past that the table says how many rows it leaves out
         row = [e(cell(v)) for v in key]
         for label in labels:
-            group = grouped.get(key + (label,))
-            if group is None:
+            values = by_key[key].get(label)
+            if values is None:
                 row.append("")
                 continue
-            median = group["time_per_step_s"].median()
-            iqr = (group["time_per_step_q3_s"] - group["time_per_step_q1_s"]).median()
-            recurrent = group["time_per_recurrent_step_s"].median()
-            noisy = bool(group["noisy"].any())
+            median, iqr, recurrent = values["median"], values["iqr"], values["recurrent"]
             text = f"{format_seconds(median)}"
             if not math.isnan(iqr):
                 text += f" <span class=\"rule\">IQR {format_seconds(iqr)}</span>"
             if not math.isnan(recurrent) and not math.isclose(recurrent, median, rel_tol=1e-9):
                 text += f" <span class=\"rule\">({format_seconds(recurrent)} per recurrent step)</span>"
-            if noisy:
+            if values["noisy"]:
                 text += ' <span class="noisy" title="IQR/median above 10%">noisy</span>'
-            spread = group["process_spread"].max()
-            if bool(group["processes_disagree"].fillna(False).astype(bool).any()):
+            if values["disagree"]:
                 text += (f' <span class="noisy" title="the medians of its worker processes differ by more than 10% '
-                         f'of the pooled median">processes disagree ({spread:.0%})</span>')
+                         f'of the pooled median">processes disagree ({values["spread"]:.0%})</span>')
             row.append(text)
         rows.append(row)
     header = [e(axes.letter(f)) for f in index] + [e(label) for label in labels]
@@ -251,7 +253,7 @@ def _summary_html(df: pd.DataFrame) -> str:
             "marks points whose IQR exceeds 10% of the median, <span class=\"noisy\">processes disagree</span> "
             "points measured in several worker processes whose medians differ by more than 10% (the spread in "
             "brackets).</p>"
-            + html_table(header, rows, numeric=set(range(len(index), len(header)))))
+            + html_table(header, rows, numeric=set(range(len(index), len(header))), total=len(keys)))
 
 
 def _speedups_html(df: pd.DataFrame) -> str:

@@ -24,15 +24,28 @@ def cell(value: Any) -> str:
     return "" if missing(value) else fmt_value(value)
 
 
-def html_table(header: list[str], rows: list[list[str]], numeric: set[int] | None = None, cls: str = "") -> str:
-    """An HTML table; cells are already escaped HTML."""
+# A report stays readable (and small) at any size: a table or a list of evidence shows at most this many rows.
+MAX_ROWS = 300
+CUT_NOTE = ("and {more} more, not shown: a report lists at most {limit} rows; every point is in results.jsonl "
+            "(bench.results.load reads it into pandas)")
+
+
+def html_table(header: list[str], rows: list[list[str]], numeric: set[int] | None = None, cls: str = "",
+               total: int | None = None) -> str:
+    """An HTML table; cells are already escaped HTML. Past ``MAX_ROWS`` rows the rest is summed up in one row
+    (``total``: how many rows the whole table has, when the caller built only the first ones)."""
+    limit = MAX_ROWS
+    total = max(total or 0, len(rows))
     numeric = numeric or set()
     head = "".join(f"<th>{h}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r))
         + "</tr>"
-        for r in rows
+        for r in rows[:limit]
     )
+    if total > limit:
+        body += (f'<tr><td colspan="{len(header)}" class="rule">… '
+                 f"{e(CUT_NOTE.format(more=total - limit, limit=limit))}</td></tr>")
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -41,7 +54,9 @@ def claims_html(claims: list[Claim]) -> str:
     for c in claims:
         detail = ""
         if c.details:
-            items = "".join(f"<li>{e(d)}</li>" for d in c.details)
+            items = "".join(f"<li>{e(d)}</li>" for d in c.details[:MAX_ROWS])
+            if len(c.details) > MAX_ROWS:
+                items += f"<li>… {e(CUT_NOTE.format(more=len(c.details) - MAX_ROWS, limit=MAX_ROWS))}</li>"
             detail = f"<details><summary>{len(c.details)} line(s) of evidence</summary><ul>{items}</ul></details>"
         rows.append([
             f"<b>{e(c.name)}</b>",

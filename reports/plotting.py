@@ -108,12 +108,19 @@ def _pick_slice(rows: pd.DataFrame, x: str, slice_dims: tuple[str, ...]) -> tupl
              if d not in varying and d != "machine" and rows[d].notna().any()}  # one machine needs no note
     if not varying:
         return rows, fixed
-    best_key, best_score = None, None
-    for key, group in rows.groupby(varying, dropna=False):
-        per_line = group.groupby("label")[x].nunique()
-        score = (int((per_line >= 2).sum()), int(group[x].nunique()), len(group))
-        if best_score is None or score > best_score:
-            best_key, best_score = key, score
+    # score every combination at once (thousands of them in a large run): lines with >= 2 x values, x values, rows
+    codes = np.zeros(len(rows), dtype=np.int64)
+    for d in varying:
+        column, uniques = pd.factorize(rows[d], use_na_sentinel=True)
+        codes = codes * (len(uniques) + 1) + column + 1
+    combo = pd.Series(codes, index=rows.index)
+    per_line = rows.groupby([combo, rows["label"]])[x].nunique()
+    score = pd.DataFrame({"lines": (per_line >= 2).groupby(level=0).sum(),
+                          "xs": rows.groupby(combo)[x].nunique(), "rows": rows.groupby(combo).size()})
+    top = score.sort_values(["lines", "xs", "rows"], ascending=False).iloc[0]
+    best = score.index[(score == top).all(axis=1)]
+    # ties go to the first combination in sorted order, as a loop over groupby(varying) would meet them
+    best_key = next(iter(rows[combo.isin(best)].groupby(varying, dropna=False)))[0]
     key_tuple = best_key if isinstance(best_key, tuple) else (best_key,)
     chosen = rows
     for d, value in zip(varying, key_tuple):
