@@ -26,10 +26,13 @@ K kernel size, L depth, G gate channels.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
+import sys
 from dataclasses import dataclass, field, fields, make_dataclass
-from functools import cached_property
+from functools import cache, cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,11 +69,17 @@ def recurrent_steps(family: str, seq_len: int, depth: int) -> int:
     return _model_formulas().tlstm_steps(seq_len, depth) if family == "tlstm" else seq_len
 
 
+@cache
 def _model_formulas() -> Any:
-    """``implementations.config``: the one place of the models' size formulas (importing it imports torch)."""
-    from implementations import config
-
-    return config
+    """``implementations/config.py``: the one place of the models' size formulas. The file is torch-free but
+    its package imports every implementation (and torch, 1.3 s): it is read here on its own, so that loading
+    results does not pay for that. Only its pure functions are used from this copy."""
+    source = importlib.util.find_spec("implementations").submodule_search_locations[0]
+    spec = importlib.util.spec_from_file_location("bench._model_formulas", Path(source) / "config.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def lstm_step_flops(impl: str, input_size: int, channels: int, depth: int) -> int:
@@ -361,6 +370,7 @@ def timing_metrics(
     flops: float | None,
     quartiles: tuple[float, float, float] | None = None,
     processes: list[int] | None = None,
+    process_medians: list[float] | None = None,
 ) -> dict[str, Any]:
     """The timing metrics (``TIMING_FIELDS``) of one point from its raw seconds per call.
 
@@ -369,7 +379,8 @@ def timing_metrics(
     there is neither. Time per step: per output step (call time / T) and per recurrent step (call time
     / the dependent steps the model runs, ``recurrent_steps``). ``processes`` (one id per sample) gives
     the spread between worker processes: the range of their medians over the pooled median; they
-    disagree when it exceeds the noise threshold.
+    disagree when it exceeds the noise threshold. ``process_medians`` gives those medians directly, where
+    the caller has them (the loader: each process record's median, checked against its samples).
     """
     values = np.asarray(samples if samples is not None else [], dtype=np.float64)
     if values.size:
@@ -381,9 +392,12 @@ def timing_metrics(
         return {}
     positive = median > 0
     ids = np.asarray(processes) if processes is not None and len(processes) == values.size else None
-    by_process = {0: values} if ids is None or not ids.size or (ids == ids[0]).all() else {pid: values[ids == pid]
-                                                                             for pid in np.unique(ids)}
-    medians = [quantile(np.sort(v), 0.5) for v in by_process.values()] if len(by_process) > 1 else []
+    if process_medians is not None:
+        medians = [float(m) for m in process_medians]
+    elif ids is None or not ids.size or (ids == ids[0]).all():
+        medians = [median]
+    else:
+        medians = [quantile(np.sort(values[ids == pid]), 0.5) for pid in np.unique(ids)]
     spread = (max(medians) - min(medians)) / median if len(medians) > 1 and positive else None
     return {
         "time_median_s": median,
@@ -397,7 +411,7 @@ def timing_metrics(
         "time_per_recurrent_step_s": median / recurrent_steps,
         "throughput_tokens_s": batch * seq_len / median if positive else None,
         "gflops": flops / median / 1e9 if positive and flops else None,
-        "processes": max(len(by_process), 1),
+        "processes": max(len(medians), 1),
         "process_spread": spread,
         "processes_disagree": spread is not None and spread > NOISY_IQR_OVER_MEDIAN,
     }
@@ -575,7 +589,8 @@ def samples_row(record: dict[str, Any]) -> dict[str, Any]:
     """What :func:`merge_rows` reads of a row that is not the merged row's base: status, message and samples."""
     samples = _samples(record)
     return {"status": record.get("status"), "message": record.get("message", ""), "samples_s": samples,
-            "sample_processes": np.full(samples.size, record.get("process", 0), dtype=np.int64)}
+            "sample_processes": np.full(samples.size, record.get("process", 0), dtype=np.int64),
+            "time_median_s": (record.get("metrics") or {}).get("time_median_s")}
 
 
 def machine_fingerprint(env: dict[str, Any]) -> str | None:
@@ -607,9 +622,11 @@ def merge_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     merged["sample_processes"] = np.concatenate([row["sample_processes"] for row in ok]) if ok else np.empty(0, int)
     if any(axes.missing(merged[name]) for name in ("seq_len", "recurrent_steps", "batch")):
         return merged  # a hand-written config without every field: keep the first metrics
+    own = [row.get("time_median_s") for row in ok]  # each process's median, checked against its samples on loading
     merged.update(timing_metrics(merged["samples_s"], seq_len=merged["seq_len"],
                                  recurrent_steps=merged["recurrent_steps"], batch=merged["batch"],
-                                 flops=merged["flops"], processes=merged["sample_processes"]))
+                                 flops=merged["flops"], processes=merged["sample_processes"],
+                                 process_medians=own if own and not any(map(axes.missing, own)) else None))
     return merged
 
 
