@@ -14,6 +14,7 @@ output's lock; a point already merged is never run again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -194,27 +195,50 @@ def job_running(out: Path, entry: dict[str, Any]) -> bool:
     return state in RUNNING_STATES
 
 
+def _merged_offsets(state_file: Path) -> dict[str, tuple[int, str]]:
+    """``shards/merged.json``: per shard, the bytes merged and a hash of the last line merged. A value that is
+    not such a pair (a hand-edited or damaged file) reads as nothing merged: the shard is read again, and
+    the (point, process) check keeps its records from being appended twice."""
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    offsets = {}
+    for name, value in (state.items() if isinstance(state, dict) else ()):
+        if (isinstance(value, list) and len(value) == 2 and type(value[0]) is int and value[0] >= 0
+                and isinstance(value[1], str)):
+            offsets[str(name)] = (value[0], value[1])
+    return offsets
+
+
+def _tail_hash(path: Path, end: int) -> str:
+    """A hash of the line that ends at byte ``end`` of ``path`` (at most its last 4 KB): tells a shard that
+    grew from one that was replaced by another file as long."""
+    with open(path, "rb") as f:
+        f.seek(max(0, end - 4096))
+        tail = f.read(end - max(0, end - 4096))
+    return hashlib.sha1(tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]).hexdigest()
+
+
 def merge_shards(out: Path) -> int:
     """Append to ``results.jsonl`` every shard record whose (point, process) it lacks; returns how many.
 
-    Linear in what is new: ``shards/merged.json`` keeps, per shard, how many bytes of it have been merged,
-    and only the bytes after that are read (all of a shard whose file got shorter, as a torn line cut off).
-    The offsets are written after the records are appended and fsynced, so a merge killed in between
-    reads those bytes again, and the (point, process) check keeps them from being appended twice.
+    Linear in what is new: ``shards/merged.json`` keeps, per shard, how many bytes of it have been merged
+    (with a hash of the last line merged), and only the bytes after that are read; a shard that got shorter,
+    or whose line at that offset is another, is read from its start. The offsets are written after the
+    records are appended and fsynced, so a merge killed in between reads those bytes again, and the
+    (point, process) check keeps them from being appended twice.
     """
     with OutputLock(out):
         state_file = out / SHARDS_DIR / MERGED_FILE
-        try:
-            offsets = json.loads(state_file.read_text())
-            offsets = {str(k): int(v) for k, v in offsets.items()} if isinstance(offsets, dict) else {}
-        except (OSError, ValueError, TypeError):
-            offsets = {}
+        offsets = _merged_offsets(state_file)
         new: list[dict[str, Any]] = []
+        moved = False
         for shard in sorted((out / SHARDS_DIR).glob("job-*")):
             path = shard / results.RESULTS_FILE
             size = path.stat().st_size if path.is_file() else 0
-            start = offsets.get(shard.name, 0)
-            if start > size:  # the shard was cut short since (a torn last line removed): read it all again
+            start, tail = offsets.get(shard.name, (0, ""))
+            if start > size or (start and _tail_hash(path, start) != tail):  # cut short, or another file now
                 start = 0
             if size == start:
                 continue
@@ -223,20 +247,21 @@ def merge_shards(out: Path) -> int:
                 data = f.read(size - start)
             records, used = results.parse_lines(data, str(path), whole_file=path if start else None)
             new += records
-            offsets[shard.name] = start + used
-        if not new:
-            return 0
-        have = results.measurement_ids(out)
+            if used:
+                offsets[shard.name] = (start + used, _tail_hash(path, start + used))
+                moved = True
+        have = results.measurement_ids(out) if new else set()
         fresh = []
         for record in new:
             ident = measurement_id(record)
             if ident not in have:
                 fresh.append(record)
                 have.add(ident)
-        results.cut_torn_line(out)  # a torn last line of results.jsonl is cut off before appending
         if fresh:
+            results.cut_torn_line(out)  # a torn last line of results.jsonl is cut off before appending
             results.append(out, *fresh)
-        atomic_write(state_file, json.dumps(offsets, indent=0) + "\n")
+        if moved:  # even without a record (an unreadable line): it is not read and warned about again
+            atomic_write(state_file, json.dumps({k: list(v) for k, v in offsets.items()}, indent=0) + "\n")
     return len(fresh)
 
 

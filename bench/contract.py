@@ -468,8 +468,9 @@ def record_problem(record: Any) -> str | None:
     problem = timing_problem(samples, record.get("metrics") or {})
     if problem:
         return problem
-    if not isinstance(record.get("process", 0), int) or isinstance(record.get("process", 0), bool):
-        return "'process' is not an integer"
+    process = record.get("process", 0)
+    if not isinstance(process, int) or isinstance(process, bool) or not 0 <= process < 2**31:
+        return f"'process' is not a worker process number (an integer from 0 to {2**31 - 1}), got {process!r:.40}"
     if not isinstance(record.get("env") or {}, dict):
         return f"'env' is not an object (got {type(record.get('env')).__name__})"
     schema = record.get("schema", 1)
@@ -497,8 +498,8 @@ def timing_problem(samples: list[float], metrics: dict[str, Any]) -> str | None:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) and 0 < value <= MAX_SAMPLE_S):
-            return f"metric {name!r} is {value!r}, not a time (a finite number of seconds > 0)"
+                0 < value <= MAX_SAMPLE_S):  # NaN fails the comparison; a huge integer too, without overflowing
+            return f"metric {name!r} is {value!r:.40}, not a time (a finite number of seconds > 0)"
     median = metrics.get("time_median_s")
     if values.size and median is not None:
         own = quantile(np.sort(values), 0.5)

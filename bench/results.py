@@ -28,7 +28,6 @@ import gc
 import hashlib
 import json
 import os
-import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,21 +52,11 @@ from .outdir import OutputLock
 RESULTS_FILE = "results.jsonl"
 SWEEP_FILE = "sweep.json"
 
-# What each file holds, by path: (bytes of complete lines indexed, environment ids, (key, process) ids).
-# A writer appends an environment line only for an id the file lacks, and a merge appends only records
-# the file lacks; the index reads only the bytes added since it last looked (all of them again if the
-# file got shorter), so neither costs a pass over a large file each time.
+# What each file holds, by path: (bytes of complete lines indexed, environment ids, (key, process) ids of
+# its readable records). A writer appends an environment line only for an id the file lacks, and a merge
+# appends only records the file lacks; the index reads only the bytes added since it last looked (all of
+# them again if the file got shorter), so neither costs a pass over a large file each time.
 _INDEX: dict[Path, tuple[int, set[str], set[tuple[str, int]]]] = {}
-# How the writer starts its lines. No "^" anchor: a pattern that starts with a literal is searched for at
-# C speed, one anchored at every line start is not (seconds on a 250 MB file); _at_line_start checks instead.
-_ENV_LINE = re.compile(rb'\{"schema": \d+, "env_id": "([0-9a-f]+)"')
-_ID_LINE = re.compile(rb'\{"schema": \d+, "key": "([^"\\]*)", "sweep": "(?:[^"\\]|\\.)*", "index": -?\d+, '
-                      rb'"process": (\d+),')
-
-
-def _line_starts(pattern: re.Pattern, data: bytes) -> list[re.Match]:
-    """The matches of ``pattern`` that start a line of ``data``."""
-    return [m for m in pattern.finditer(data) if m.start() == 0 or data[m.start() - 1] == 10]
 
 
 def results_path(path: str | os.PathLike) -> Path:
@@ -86,8 +75,13 @@ def env_id(env: dict[str, Any]) -> str:
 
 
 def encode_samples(samples: Any) -> str:
-    """Raw samples as base64 little-endian float32 (the schema-4 ``samples_f32`` field)."""
-    return base64.b64encode(np.asarray(samples, dtype="<f4").tobytes()).decode("ascii")
+    """Raw samples as base64 little-endian float32 (the schema-4 ``samples_f32`` field); ValueError for a
+    sample no reader would take (not a finite time that float32 holds)."""
+    values = np.asarray(samples, dtype=np.float64)
+    if values.size and not (np.isfinite(values).all() and values.min() >= np.finfo(np.float32).tiny
+                            and values.max() <= np.finfo(np.float32).max):
+        raise ValueError(f"samples_s must be finite times in float32's range, got {values[:5].tolist()}...")
+    return base64.b64encode(values.astype("<f4").tobytes()).decode("ascii")
 
 
 def decode_samples(text: Any) -> np.ndarray:
@@ -118,22 +112,19 @@ def _decode(record: dict[str, Any]) -> None:
     elif isinstance(record.get("samples_s"), list):
         samples = record["samples_s"]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in samples):
-            record["samples_s"] = np.asarray(samples, dtype=np.float64)
+            try:
+                record["samples_s"] = np.asarray(samples, dtype=np.float64)
+            except OverflowError:  # an integer beyond any float: not a time
+                raise ValueError("'samples_s' holds a number too large for a time") from None
 
 
 def _ids_in(data: bytes, name: str) -> tuple[set[str], set[tuple[str, int]]]:
-    """The environment ids and the (key, process) of the complete lines ``data`` holds, read without
-    parsing whole lines (the writer's lines all start with schema, key, sweep, index and process); a line
-    that does not start so is parsed."""
-    env_lines = _line_starts(_ENV_LINE, data)
-    envs = {m.group(1).decode() for m in env_lines}
-    matches = [(m.group(1).decode(), int(m.group(2))) for m in _line_starts(_ID_LINE, data)]
-    ids = set(matches)
-    if len(matches) + len(env_lines) < data.count(b"\n"):  # a line not in the writer's form
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResultsWarning)
-            ids |= {measurement_id(r) for r in parse_lines(data, name)[0]}
-    return envs, ids
+    """The environment ids and the (key, process) of the readable records among the complete lines of
+    ``data`` (an unreadable line is no measurement: the merge takes a good copy of it, and ``collect`` runs
+    it again)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResultsWarning)  # the loader names them; here only the ids count
+        return set(_envs_in(data)), {measurement_id(r) for r in iter_records(data, name)}
 
 
 def _index(path: Path) -> tuple[int, set[str], set[tuple[str, int]]]:
@@ -157,16 +148,18 @@ def _index(path: Path) -> tuple[int, set[str], set[tuple[str, int]]]:
 
 
 def _envs_in(data: bytes) -> dict[str, dict[str, Any]]:
-    """The environment lines in ``data``, by id (only those lines are parsed)."""
+    """The environment lines in ``data``, by id, in whatever layout (``jq -c`` rewrites the writer's): only
+    lines that name an ``env_id`` and no ``key`` are parsed. A later line with the same id wins."""
     envs = {}
-    for match in _line_starts(_ENV_LINE, data):
-        end = data.find(b"\n", match.start())
+    for raw in data.splitlines():
+        if b'"env_id"' not in raw or b'"key"' in raw:
+            continue
         try:
-            line = json.loads(data[match.start():end if end >= 0 else len(data)])
+            line = json.loads(raw)
         except ValueError:
             continue
-        if isinstance(line, dict) and isinstance(line.get("env"), dict):
-            envs[match.group(1).decode()] = line["env"]
+        if isinstance(line, dict) and isinstance(line.get("env"), dict) and isinstance(line.get("env_id"), str):
+            envs[line["env_id"]] = line["env"]
     return envs
 
 
@@ -176,8 +169,6 @@ def iter_records(data: bytes, name: str, whole_file: Path | None = None) -> Iter
     (wherever they stand in the file; when ``data`` starts at an offset, ``whole_file`` is the file, whose
     earlier lines count too); a line that is not a record is skipped with a ResultsWarning naming it."""
     envs = _envs_in(data)
-    if whole_file is not None:
-        envs = {**_envs_in(whole_file.read_bytes()), **envs}
     missing_env: set[str] = set()
     good_end = data.rfind(b"\n") + 1  # a last line without its newline is a write cut short: not a result
     for number, raw in enumerate(data[:good_end].splitlines(), start=1):
@@ -204,6 +195,9 @@ def iter_records(data: bytes, name: str, whole_file: Path | None = None) -> Iter
             continue
         if "env_id" in record:
             ident = record.pop("env_id")
+            if ident not in envs and whole_file is not None:  # written before the offset: read the file's
+                envs = {**_envs_in(whole_file.read_bytes()), **envs}
+                whole_file = None
             if ident not in envs:
                 missing_env.add(ident)
             record["env"] = envs.get(ident, {})
@@ -277,6 +271,7 @@ def append(path: str | os.PathLike, *records: dict[str, Any]) -> None:
     """Append records (in memory form) as schema-4 lines, with the environment line of any environment
     the file lacks before them; one write, flushed and fsynced before returning."""
     path = results_path(path)
+    cut_torn_line(path)  # a line torn by a kill is cut off first, or the first new line would be glued to it
     done, envs, ids = _index(path)
     known = set(envs)
     lines = []

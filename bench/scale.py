@@ -11,6 +11,7 @@ point), then times, each in a fresh Python process so that its peak RSS is its o
     python -m bench.scale 1000 10000 100000 --work /tmp/scale            # this checkout
     python -m bench.scale 1000 --code /tmp/old --legacy --work /tmp/old-scale   # another checkout's code
 
+``import bench.cluster`` imports torch (about 2 s), so the merge timings include that, as ``collect`` does.
 ``--code DIR`` measures the code of another checkout (its directory goes first on ``sys.path``);
 ``--legacy`` writes the files in schema 3, for code from before schema 4. The table goes to stdout and,
 as JSON, to ``<work>/scale.json``. Timings are wall-clock seconds of one run each: run it on an idle machine.
@@ -24,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,7 +80,9 @@ def measure(lines: int, work: Path, code_dir: Path, legacy: bool) -> dict[str, f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("lines", type=int, nargs="+", help="results lines per measurement, e.g. 1000 10000 100000")
-    parser.add_argument("--work", default="scale-work", help="where the synthetic runs go (default ./scale-work)")
+    default_work = Path(tempfile.gettempdir()) / "tlstm-bench-scale"
+    parser.add_argument("--work", default=str(default_work),
+                        help=f"where the synthetic runs go (default {default_work})")
     parser.add_argument("--code", default=str(Path(__file__).resolve().parent.parent),
                         help="the checkout whose code is measured (default: this one)")
     parser.add_argument("--legacy", action="store_true", help="write schema-3 files (for code before schema 4)")

@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = write(args.out, args.lines, shards=args.shards, processes=args.processes, seed=args.seed,
                   legacy=args.legacy)
     size = sum(p.stat().st_size for p in paths)
-    print(f"{args.lines} lines in {len(paths)} file(s) under {args.out}: {size / 1e6:.1f} MB")
+    print(f"{args.lines} records in {len(paths)} file(s) under {args.out} (and an environment line per file): "
+          f"{size / 1e6:.1f} MB")
     return 0
 
 

@@ -233,6 +233,8 @@ def judge_cheaper(df: pd.DataFrame) -> Claim:
     return Claim("Cheaper", BY_CONSTRUCTION, evidence, rule, details, data, headline)
 
 
+# A claim's summary names at most this many slices per regime (batch and mode); the details list them all.
+MAX_SLICES_NAMED = 5
 # The report judges each combination of these separately: the machine and every axis with the slice role.
 SLICE_FIELDS = ("machine", *axes.names(axes.SLICE))
 # Which time the Faster rule reads: what a user pays per input token. A tLSTM also runs L - 1 extra
@@ -425,7 +427,13 @@ def judge_faster(df: pd.DataFrame, seed: int = 0) -> Claim:
         apart = "".join(f", {axes.get(f).label(d[f]) if f in axes.names() else d[f]}" for f in varying)
         by_regime.setdefault((d["batch"], d["mode"]), []).append(
             f"{words[d['verdict']]}, {_fmt_ratio(d['ratio'])} ({d['impl']} vs {d['lstm_impl']}{apart})")
-    where_text = "; ".join(f"batch {fmt_int(b)} {m}: " + ", ".join(parts)
+    def summed_up(parts: list[str]) -> str:  # a large run's hundreds of slices: a count, the rest in the details
+        if len(parts) <= MAX_SLICES_NAMED:
+            return ", ".join(parts)
+        tally = ", ".join(f"{sum(p.startswith(w + ',') for p in parts)} {w}" for w in dict.fromkeys(words.values()))
+        return f"{len(parts)} slices ({tally}): " + ", ".join(parts[:MAX_SLICES_NAMED]) + ", ..."
+
+    where_text = "; ".join(f"batch {fmt_int(b)} {m}: " + summed_up(parts)
                            for (b, m), parts in sorted(by_regime.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))))
     verdicts = {d["verdict"] for d in data}
     if len(verdicts) == 1:

@@ -6,6 +6,7 @@ Nothing here times anything: ``python -m bench.scale`` measures load, report and
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
@@ -125,7 +126,7 @@ def test_bad_samples_in_a_line_are_skipped_with_the_reason(tmp_path):
     bad = json.loads(lines[2])
     bad["samples_f32"] = "not base64!"
     nan = json.loads(lines[1])
-    nan["samples_f32"] = results.encode_samples([float("nan")])
+    nan["samples_f32"] = base64.b64encode(np.array([np.nan], dtype="<f4").tobytes()).decode()  # the writer refuses
     path.write_text("\n".join([lines[0], json.dumps(nan), json.dumps(bad)]) + "\n")
     with pytest.warns(results.ResultsWarning) as caught:
         assert results.read_records(tmp_path) == []
@@ -178,3 +179,83 @@ def test_the_synthetic_generator_writes_loadable_lines_of_the_shipped_shapes(tmp
     assert paths[0].stat().st_size < legacy[0].stat().st_size / 2
     assert synthetic.main([str(7), str(tmp_path / "cli"), "--processes", "2"]) == 0
     assert len(results.read_records(tmp_path / "cli")) == 7
+
+
+def test_an_unreadable_merged_line_is_not_a_measurement_and_a_good_copy_replaces_it(tmp_path):
+    out = tmp_path / "run"
+    synthetic.write(out, 30, shards=5)
+    assert cluster.merge_shards(out) == 30
+    path = out / results.RESULTS_FILE
+    lines = path.read_text().splitlines()
+    damaged = json.loads(lines[1])
+    damaged["samples_f32"] = "!!!"
+    lines[1] = json.dumps(damaged)
+    path.write_text("\n".join(lines) + "\n")
+    results._INDEX.clear()
+    assert (damaged["key"], damaged["process"]) not in results.measurement_ids(out)
+    (out / "shards" / cluster.MERGED_FILE).unlink()
+    assert cluster.merge_shards(out) == 1
+    with pytest.warns(results.ResultsWarning, match="line 2 skipped"):
+        assert len(results.read_records(out)) == 30
+
+
+def test_environment_lines_load_in_any_layout(tmp_path):
+    results.append(tmp_path, _record(0, [0.001, 0.002], env={"hostname": "h", "cpu_model": "c"}))
+    path = tmp_path / results.RESULTS_FILE
+    # what `jq -c .` makes of the file: no spaces, and keys in another order
+    compact = [json.dumps(dict(reversed(json.loads(line).items())), separators=(",", ":"))
+               for line in path.read_text().splitlines()]
+    path.write_text("\n".join(compact) + "\n")
+    assert results.read_records(tmp_path)[0]["env"] == {"hostname": "h", "cpu_model": "c"}
+    assert results.load(tmp_path).attrs["env"]["hostname"] == "h"
+
+
+def test_a_shard_replaced_by_another_file_is_read_from_its_start(tmp_path):
+    out = tmp_path / "run"
+    synthetic.write(out, 30, shards=5)
+    assert cluster.merge_shards(out) == 30
+    shard = out / "shards" / "job-001" / results.RESULTS_FILE
+    shard.unlink()
+    assert cluster.merge_shards(out) == 0
+    others = list(synthetic.synthetic_records(60, seed=7))[30:]  # other points, as long a file or longer
+    results.append(shard, *others)
+    assert cluster.merge_shards(out) == 30
+
+
+@pytest.mark.parametrize("state", ['{"job-000": -5}', '{"job-000": [1e999, "x"]}', '{"job-000": [3, 7]}',
+                                   '{"job-000": [true, "x"]}', "[1]", "not json"])
+def test_a_damaged_merge_state_reads_the_shards_again_without_doubling(tmp_path, state):
+    out = tmp_path / "run"
+    synthetic.write(out, 12, shards=2)
+    assert cluster.merge_shards(out) == 12
+    (out / "shards" / cluster.MERGED_FILE).write_text(state)
+    assert cluster.merge_shards(out) == 0
+    assert len(results.read_records(out)) == 12
+
+
+def test_appending_after_a_torn_line_cuts_it_first(tmp_path):
+    results.append(tmp_path, _record(0, [0.001]))
+    with open(tmp_path / results.RESULTS_FILE, "a") as f:
+        f.write('{"schema": 4, "key": "half')
+    results.append(tmp_path, _record(1, [0.002], env={"hostname": "b"}))
+    records = results.read_records(tmp_path)
+    assert [r["index"] for r in records] == [0, 1] and records[1]["env"] == {"hostname": "b"}
+
+
+def test_the_writer_refuses_samples_no_reader_would_take(tmp_path):
+    for bad in ([float("nan")], [1e-50], [0.001, float("inf")]):
+        with pytest.raises(ValueError, match="finite times"):
+            results.append(tmp_path, {**_record(0, [0.001]), "samples_s": bad})
+    assert not (tmp_path / results.RESULTS_FILE).exists() or results.read_records(tmp_path) == []
+
+
+def test_huge_numbers_are_named_not_a_traceback(tmp_path):
+    record = _record(0, [0.001, 0.002])
+    lines = [json.dumps({**record, "schema": 3, "process": 10**400}),
+             json.dumps({**record, "schema": 3, "samples_s": [10**400]}),
+             json.dumps({**record, "schema": 3, "metrics": {"time_median_s": 10**400}})]
+    (tmp_path / results.RESULTS_FILE).write_text("\n".join(lines) + "\n")
+    with pytest.warns(results.ResultsWarning) as caught:
+        assert results.read_records(tmp_path) == []
+    text = " ".join(str(w.message) for w in caught)
+    assert "line 1 skipped: 'process'" in text and "line 2 skipped" in text and "line 3 skipped" in text
