@@ -258,8 +258,7 @@ def merge_shards(out: Path) -> int:
                 fresh.append(record)
                 have.add(ident)
         if fresh:
-            results.cut_torn_line(out)  # a torn last line of results.jsonl is cut off before appending
-            results.append(out, *fresh)
+            results.append(out, *fresh)  # which cuts a torn last line of results.jsonl off first
         if moved:  # even without a record (an unreadable line): it is not read and warned about again
             atomic_write(state_file, json.dumps({k: list(v) for k, v in offsets.items()}, indent=0) + "\n")
     return len(fresh)

@@ -553,31 +553,15 @@ def _samples(record: dict[str, Any]) -> np.ndarray:
     return np.empty(0) if samples is None else np.asarray(samples, dtype=np.float64)
 
 
-_DERIVED: dict[Any, tuple[dict[str, Any], dict[str, Any]]] = {}  # key -> (config, derived): a point's processes
-
-
-def _derived(key: Any, config: dict[str, Any]) -> dict[str, Any]:
-    """``Point.derived()`` of a record's config (None for each field where the config is not a whole point),
-    computed once for the records of one point."""
-    cached = _DERIVED.get(key)
-    if cached is not None and cached[0] == config:
-        return cached[1]
-    try:
-        derived = Point.from_dict(config).derived()
-    except (ContractError, TypeError):  # a hand-written config without every field: nothing derived
-        derived = dict.fromkeys(DERIVED_FIELDS)
-    if len(_DERIVED) > 100_000:
-        _DERIVED.clear()
-    _DERIVED[key] = (config, derived)
-    return derived
-
-
 def record_row(record: dict[str, Any]) -> dict[str, Any]:
     """A results record (any schema) flattened into one row with the ``COLUMNS``."""
     record = upgrade(record)
     config, metrics = record.get("config") or {}, record.get("metrics") or {}
     row = {name: config.get(name, OPTIONAL_CONFIG_FIELDS.get(name)) for name in CONFIG_FIELDS}
-    row.update(_derived(record.get("key"), config))
+    try:
+        row.update(Point.from_dict(config).derived())
+    except (ContractError, TypeError):  # a hand-written config without every field: nothing derived
+        row.update(dict.fromkeys(DERIVED_FIELDS))
     row.update({name: metrics.get(name) for name in METRIC_FIELDS})
     row.update(samples_row(record))  # status, message, samples
     for name in ("key", "sweep", "index", "started_at", "schema"):

@@ -122,9 +122,10 @@ def _ids_in(data: bytes, name: str) -> tuple[set[str], set[tuple[str, int]]]:
     """The environment ids and the (key, process) of the readable records among the complete lines of
     ``data`` (an unreadable line is no measurement: the merge takes a good copy of it, and ``collect`` runs
     it again)."""
+    envs = _envs_in(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResultsWarning)  # the loader names them; here only the ids count
-        return set(_envs_in(data)), {measurement_id(r) for r in iter_records(data, name)}
+        return set(envs), {measurement_id(r) for r in iter_records(data, name, envs=envs)}
 
 
 def _index(path: Path) -> tuple[int, set[str], set[tuple[str, int]]]:
@@ -163,12 +164,14 @@ def _envs_in(data: bytes) -> dict[str, dict[str, Any]]:
     return envs
 
 
-def iter_records(data: bytes, name: str, whole_file: Path | None = None) -> Iterator[dict[str, Any]]:
+def iter_records(data: bytes, name: str, whole_file: Path | None = None,
+                 envs: dict[str, dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
     """The records of the complete lines of ``data`` (a results file's bytes, or the bytes after an
     offset), one at a time, in file order. Environment lines resolve the records that refer to them
     (wherever they stand in the file; when ``data`` starts at an offset, ``whole_file`` is the file, whose
-    earlier lines count too); a line that is not a record is skipped with a ResultsWarning naming it."""
-    envs = _envs_in(data)
+    earlier lines count too); a line that is not a record is skipped with a ResultsWarning naming it.
+    ``envs``: the environment lines of ``data``, where the caller has read them already."""
+    envs = _envs_in(data) if envs is None else envs
     missing_env: set[str] = set()
     good_end = data.rfind(b"\n") + 1  # a last line without its newline is a write cut short: not a result
     for number, raw in enumerate(data[:good_end].splitlines(), start=1):
@@ -221,7 +224,7 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def measurement_ids(path: str | os.PathLike) -> set[tuple[str, int]]:
-    """The (key, process) of every complete line of a results file (a copy of the file's index: cheap on a
+    """The (key, process) of every readable record of a results file (a copy of the file's index: cheap on a
     file of 100,000 lines when little was appended since the last call)."""
     path = results_path(path)
     return set(_index(path)[2]) if path.exists() else set()

@@ -31,11 +31,12 @@ from pathlib import Path
 
 SHARDS = 1000
 
+_MERGE = "from pathlib import Path; from bench.cluster import merge_shards; merge_shards(Path({path!r}))"
 _STEPS = {
     "load": "import bench.results as r; r.load({path!r})",
     "report": "from bench.cli import main; raise SystemExit(main(['report', {path!r}, '--out', {html!r}]))",
-    "merge": "from pathlib import Path; from bench.cluster import merge_shards; merge_shards(Path({path!r}))",
-    "merge_again": "from pathlib import Path; from bench.cluster import merge_shards; merge_shards(Path({path!r}))",
+    "merge": _MERGE,
+    "merge_again": _MERGE,  # the same call again, with nothing new to merge
 }
 
 

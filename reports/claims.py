@@ -288,7 +288,7 @@ def _resampled(frame: _Columns, lines: list[_Line], rng: np.random.Generator) ->
     if not lines:
         return []
     rows = np.concatenate([line.rows for line in lines])
-    samples = [frame.samples[i] for i in rows]
+    samples = [frame.samples(i) for i in rows]  # only the judged points
     medians = bootstrap_medians_many([s for s, _ in samples], [p for _, p in samples], rng=rng)
     # the contract's per-step time over its per-call median: one scale for every replicate of a point; a point
     # without raw samples (a pytest-benchmark file saved without data) has no spread to draw from
@@ -309,13 +309,17 @@ class _Columns:
     depth: np.ndarray
     time: np.ndarray  # FASTER_TIME
     median: np.ndarray  # time per call
-    samples: list[tuple[np.ndarray, np.ndarray | None]]
+    samples_s: np.ndarray  # object arrays: each point's raw samples and their processes
+    sample_processes: np.ndarray
 
     @classmethod
     def of(cls, ok: pd.DataFrame) -> _Columns:
         return cls(ok["impl"].to_numpy(), ok["variant"].to_numpy(), ok["depth"].to_numpy(float),
                    ok[FASTER_TIME].to_numpy(float), ok["time_median_s"].to_numpy(float),
-                   [samples_of(row) for row in ok[["samples_s", "sample_processes"]].to_dict("records")])
+                   ok["samples_s"].to_numpy(), ok["sample_processes"].to_numpy())
+
+    def samples(self, position: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return samples_of({"samples_s": self.samples_s[position], "sample_processes": self.sample_processes[position]})
 
 
 def _fastest(lines: list[_Line], depths: set[float]) -> _Line | None:
