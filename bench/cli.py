@@ -3,7 +3,7 @@
     tlstm-bench run [SWEEP] [--out DIR] [--resume] [--set AXIS=VALUES]... [--no-report]
     tlstm-bench profile [SWEEP] [same options as run]
     tlstm-bench run SWEEP --executor slurm [--partition P] [--gpus-per-job N] [--time-min N] [--jobs N] [--no-wait]
-    tlstm-bench collect OUT [--no-wait]
+    tlstm-bench collect OUT [--no-wait] [--time-min N] [--jobs N] [--partition P] [--gpus-per-job N]
     tlstm-bench list
     tlstm-bench report RESULTS [--out FILE] [--pytest-benchmark FILE.json]
     tlstm-bench compare BASE NEW [--threshold 0.05]
@@ -331,14 +331,16 @@ def _finish(args: argparse.Namespace, df, out: Path) -> int:
     return _build_report(df, out / "report.html")
 
 
-def _job_progress(quiet: bool):
-    state = {"last": None}
+def _job_progress(quiet: bool, every_s: float = 30.0):
+    """A progress line when a job finishes, else at most every ``every_s`` while measurements come in."""
+    state = {"line": None, "done": None, "at": 0.0}
 
     def show(done: int, total: int, merged: int) -> None:
         line = f"jobs {done}/{total} finished, {merged} measurements merged"
-        if not quiet and line != state["last"]:
-            print(line, file=sys.stderr, flush=True)
-            state["last"] = line
+        if quiet or line == state["line"] or (done == state["done"] and time.monotonic() - state["at"] < every_s):
+            return
+        print(line, file=sys.stderr, flush=True)
+        state.update(line=line, done=done, at=time.monotonic())
 
     return show
 
@@ -369,38 +371,78 @@ def _interrupted_jobs(out: Path) -> int:
     return EXIT_INTERRUPTED
 
 
+def _resubmit_options(args: argparse.Namespace, manifest: dict) -> ClusterOptions:
+    """The run's cluster options, with what ``collect`` was told to change for the jobs it resubmits."""
+    try:
+        options = ClusterOptions(**manifest["options"])
+    except TypeError as exc:
+        raise ClusterError(f"{cluster.MANIFEST}: its options are not this version's ({exc})") from None
+    if args.command == "collect":
+        for name in ("jobs", "time_min", "partition", "gpus_per_job"):
+            if getattr(args, name) is not None:
+                setattr(options, name, getattr(args, name))
+        options.slurm_opts = {**options.slurm_opts, **parse_slurm_opts(args.slurm_opt)}
+    options.check()
+    return options
+
+
+def _resubmit(out: Path, sweep, manifest: dict, options: ClusterOptions, running: list) -> list:
+    """Submit again the points that ended jobs left unmeasured (none of ``running``'s); the new jobs."""
+    todo, indices = cluster.missing(out, sweep, manifest, running)
+    if not todo:
+        return []
+    problem = cluster.time_limit_problem(out, manifest, options.time_min) if sweep.train is None else None
+    if problem:
+        raise ClusterError(f"not resubmitting {len(todo)} point(s): {problem}; give the jobs a longer limit: "
+                           f"tlstm-bench collect {out} --time-min {2 * options.time_min}")
+    try:
+        entries = cluster.submit(out, sweep, todo, indices, options, bool(manifest.get("profile")))
+    except ClusterError:
+        raise
+    except Exception as exc:  # submitit's own errors: sbatch refused the job, say
+        raise ClusterError(f"resubmitting {len(todo)} point(s) failed: {exc}") from None
+    print(f"resubmitted {len(todo)} point(s) of stopped or failed jobs as {len(entries)} job(s) "
+          f"(--time-min {options.time_min})", file=sys.stderr)
+    return entries
+
+
 def _collect(args: argparse.Namespace, out: Path, *, wait: bool) -> int:
+    """Merge, resubmit what ended jobs left, and (``wait``) wait for the jobs; while jobs that were stopped
+    (time limit, preemption) made progress, resubmit what they left and wait again."""
     manifest = cluster.read_manifest(out)
     try:
         sweep = Sweep.from_json(results.read_sweep(out))
     except (KeyError, TypeError) as exc:
         raise ClusterError(f"{out / results.SWEEP_FILE}: not the sweep definition of a run ({exc!r})") from None
+    options = _resubmit_options(args, manifest)
     cluster.merge_shards(out)
-    running = [e for e in manifest["jobs"] if cluster.job_running(out, e)]
-    todo, indices = cluster.missing(out, sweep, manifest, running)  # what failed or preempted jobs left
-    if todo:
-        options = ClusterOptions(**manifest["options"])
-        try:
-            entries = cluster.submit(out, sweep, todo, indices, options, bool(manifest.get("profile")))
-        except ClusterError:
-            raise
-        except Exception as exc:  # submitit's own errors: sbatch refused the job, say
-            raise ClusterError(f"resubmitting {len(todo)} point(s) failed: {exc}") from None
-        print(f"resubmitted {len(todo)} point(s) of failed or preempted jobs as {len(entries)} job(s)", file=sys.stderr)
-        manifest = cluster.read_manifest(out)
+    running = cluster.running_jobs(out, manifest["jobs"])
+    entries = _resubmit(out, sweep, manifest, options, running)
     if not wait:
-        print(f"{len(running)} job(s) running; collect again with: tlstm-bench collect {out} "
+        print(f"{len(running) + len(entries)} job(s) running; collect again with: tlstm-bench collect {out} "
               f"(or without --no-wait to wait)")
         return EXIT_OK
-    try:
-        cluster.wait(out, manifest, _job_progress(getattr(args, "quiet", False)))
-    except KeyboardInterrupt:
-        return _interrupted_jobs(out)
+    stuck = ""
+    while True:
+        manifest = cluster.read_manifest(out)
+        progress, stops = cluster.progress_mark(out), cluster.stop_count(out, manifest)
+        try:
+            cluster.wait(out, manifest, _job_progress(getattr(args, "quiet", False)))
+        except KeyboardInterrupt:
+            return _interrupted_jobs(out)
+        todo, _ = cluster.missing(out, sweep, manifest)
+        if not todo or cluster.progress_mark(out) == progress or cluster.stop_count(out, manifest) == stops:
+            break  # done, or nothing moved, or no job was stopped (they failed): the user looks first
+        try:
+            _resubmit(out, sweep, manifest, options, [])
+        except ClusterError as exc:
+            stuck = f" ({exc})"
+            break
     todo, _ = cluster.missing(out, sweep, manifest)
     df = results.load(out)
     print(f"\n{len(df)} points ({_status_counts(df)}) from {len(manifest['jobs'])} job(s)"
-          + (f"; {len(todo)} point(s) missing (their jobs failed): `tlstm-bench collect {out}` resubmits them"
-             if todo else ""))
+          + (f"; {len(todo)} point(s) missing{stuck or ' (their jobs failed: see ' + str(out / cluster.JOBS_DIR) + ')'}"
+             f": `tlstm-bench collect {out}` resubmits them" if todo else ""))
     return _finish(args, df, out) if not todo else max(_finish(args, df, out), EXIT_FAILED)
 
 
@@ -582,6 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_collect.add_argument("out", help="the run's output directory (it holds jobs.json)")
     p_collect.add_argument("--no-wait", action="store_true", help="merge and resubmit, then return at once")
     p_collect.add_argument("--no-report", action="store_true", help="do not build the HTML report at the end")
+    group = p_collect.add_argument_group("for the jobs collect resubmits (default: as the run was submitted)")
+    group.add_argument("--time-min", type=int, help="time limit per job, minutes")
+    group.add_argument("--jobs", type=int, help="how many jobs to split the resubmitted points into")
+    group.add_argument("--partition", help="SLURM partition")
+    group.add_argument("--gpus-per-job", type=int, help="GPUs per SLURM job")
+    group.add_argument("--slurm-opt", action="append", default=[], metavar="KEY=VALUE",
+                       help="an extra sbatch option, added to the run's (repeatable)")
     p_collect.set_defaults(func=_cmd_collect)
 
     p_list = sub.add_parser("list", help="list the registered implementations and the shipped sweeps")

@@ -6,10 +6,17 @@ local jobs, each job writing its own results shard, merged into ``<out>/results.
 
 Layout of ``<out>``: ``jobs.json`` (the manifest: each job's id, executor, shard and points),
 ``jobs/`` (submitit's folder: scripts, logs, pickles), ``shards/job-NNN/`` (each job's own run: its
-``results.jsonl``, ``worker.log`` and ``done.json`` once it finished). Every comparison group (the
-implementations at one configuration) goes to one job whole, so a ratio never mixes machines. Merging
-appends to ``results.jsonl`` only the records whose (point, process) it does not hold yet, under the
-output's lock; a point already merged is never run again.
+``results.jsonl``, ``worker.log``, ``stops.jsonl`` if it was stopped, ``done.json`` once it finished),
+``checkpoints/`` (training runs' state by the run's key, whichever job trains it). Every comparison group
+(the implementations at one configuration) goes to one job whole, and a job writes a timing group's
+records only once it has measured the group whole, so a ratio never mixes machines. Merging appends to
+``results.jsonl`` only the records whose (point, process) it does not hold yet, under the output's lock;
+a point already merged is never run again.
+
+A job that is stopped (``scancel``, preemption, ``scontrol requeue``: SIGTERM; its time limit near:
+SIGUSR2) drops the point in flight rather than record it as crashed, notes the stop in ``stops.jsonl``
+and exits; a requeued job goes on from its shard, and ``collect`` resubmits what a job that ended left.
+Job states come from ``squeue``, which works without an accounting database.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import json
 import os
 import shlex
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,7 +38,7 @@ from . import results
 from .contract import Point, measurement_id
 from .measure import proc_field
 from .outdir import OutputLock, atomic_write
-from .runner import Runner, comparison_groups
+from .runner import CHECKPOINTS_DIR, JOB_STOP_SIGNALS, Runner, comparison_groups
 from .sweep import Sweep
 
 EXECUTORS = ("local", "local-jobs", "slurm")
@@ -37,15 +46,24 @@ MANIFEST = "jobs.json"
 JOBS_DIR = "jobs"
 SHARDS_DIR = "shards"
 DONE_FILE = "done.json"
+STOPS_FILE = "stops.jsonl"  # under a shard: one line each time the job was stopped by a signal
 MERGED_FILE = "merged.json"  # under shards/: how many bytes of each shard are merged
-# SLURM states in which a job may still write its shard. submitit says UNKNOWN for a job sacct does not list
-# yet (just submitted) or any more (purged): counted as running for UNKNOWN_GRACE_S after submission.
-RUNNING_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "READY"}
-UNKNOWN_GRACE_S = 600.0
+# SLURM states (squeue's) in which a job may still write its shard; a job squeue no longer lists has ended
+RUNNING_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+                  "SUSPENDED", "RESIZING", "STAGE_OUT", "SIGNALING", "STOPPED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
 
 
 class ClusterError(ValueError):
     """A cluster option is wrong or the cluster cannot be reached; the message says which and why."""
+
+
+class JobStopped(BaseException):
+    """A cluster job was told to stop (its signal's name): the point in flight is dropped, not recorded."""
+
+
+def signal_delay_s(time_min: int) -> int:
+    """How long before its time limit a job is told to stop (SIGUSR2): 90 s, less for a limit under 8 minutes."""
+    return min(90, max(15, time_min * 60 // 5))
 
 
 @dataclass
@@ -90,15 +108,40 @@ def parse_slurm_opts(items: list[str]) -> dict[str, str]:
 
 
 class ShardTask:
-    """What one job runs (pickled by submitit): the existing runner on its points, into its own shard."""
+    """What one job runs (pickled by submitit): the existing runner on its points, into its own shard. Run
+    again (a requeued job), it goes on from what its shard holds, and training runs from their checkpoints."""
 
-    def __init__(self, sweep: Sweep, points: list[Point], indices: list[int], shard: str, profile: bool) -> None:
+    def __init__(self, sweep: Sweep, points: list[Point], indices: list[int], shard: str, profile: bool,
+                 time_min: int = 0) -> None:
         self.sweep, self.points, self.indices, self.shard, self.profile = sweep, points, indices, shard, profile
+        self.time_min = time_min
 
     def __call__(self) -> dict[str, Any]:
         shard = Path(self.shard)
-        summary = Runner(self.sweep, shard, profile=self.profile).run(self.points, resume=True, indices=self.indices)
+        runner = Runner(self.sweep, shard, profile=self.profile, checkpoints=shard.parent.parent / CHECKPOINTS_DIR,
+                        job=True)
+        started = time.monotonic()
+
+        def stop(signum, frame):
+            raise JobStopped(signal.Signals(signum).name)
+
+        for name in JOB_STOP_SIGNALS:  # in place of submitit's handlers, which ignore SIGTERM
+            signal.signal(getattr(signal, name), stop)
+        try:
+            summary = runner.run(self.points, resume=True, indices=self.indices)
+        except JobStopped as exc:
+            for name in JOB_STOP_SIGNALS:
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
+            note = {"signal": str(exc), "at": time.time(), "elapsed_s": round(time.monotonic() - started, 1),
+                    "groups_done": runner.groups_done, "longest_group_s": round(runner.longest_group_s, 1),
+                    "time_min": self.time_min, "host": os.uname().nodename}
+            with open(shard / STOPS_FILE, "a") as f:
+                f.write(json.dumps(note) + "\n")
+            why = "its time limit is near" if str(exc) == "SIGUSR2" else "cancelled, preempted or requeued"
+            raise RuntimeError(f"stopped by {exc} ({why}) after {runner.groups_done} comparison group(s); the point "
+                               "in flight was dropped and is measured again") from None
         done = {"statuses": summary.statuses, "skipped": summary.skipped, "wall_s": summary.wall_s,
+                "groups_done": runner.groups_done, "longest_group_s": round(runner.longest_group_s, 1),
                 "host": os.uname().nodename}
         atomic_write(shard / DONE_FILE, json.dumps(done) + "\n")
         return done
@@ -124,6 +167,7 @@ def _executor(options: ClusterOptions, folder: Path, name: str):
         return executor
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     params: dict[str, Any] = {"timeout_min": options.time_min, "name": name,
+                              "slurm_signal_delay_s": signal_delay_s(options.time_min),
                               "slurm_setup": ["export PYTHONSAFEPATH=1"]}
     if options.partition:
         params["slurm_partition"] = options.partition
@@ -157,6 +201,7 @@ def submit(out: Path, sweep: Sweep, points: list[Point], indices: list[int], opt
     """Submit jobs for these points; add them to the manifest (written atomically) and return them."""
     manifest = (read_manifest(out) if (out / MANIFEST).exists()
                 else {"options": vars(options), "profile": profile, "jobs": []})
+    manifest["options"] = vars(options)  # what collect resubmits with, unless told otherwise
     executor = _executor(options, out / JOBS_DIR, f"tlstm-{sweep.name}")
     by_index = dict(zip(indices, points))
     entries = []
@@ -164,7 +209,7 @@ def submit(out: Path, sweep: Sweep, points: list[Point], indices: list[int], opt
         number = len(manifest["jobs"]) + len(entries)
         shard = out / SHARDS_DIR / f"job-{number:03d}"
         chosen = [by_index[i] for i in (indices[k] for k in share)]
-        task = ShardTask(sweep, chosen, [indices[k] for k in share], str(shard), profile)
+        task = ShardTask(sweep, chosen, [indices[k] for k in share], str(shard), profile, options.time_min)
         job = executor.submit(task)
         entries.append({"number": number, "job_id": str(job.job_id), "executor": options.executor,
                         "shard": str(shard.relative_to(out)), "indices": [indices[k] for k in share],
@@ -174,8 +219,43 @@ def submit(out: Path, sweep: Sweep, points: list[Point], indices: list[int], opt
     return entries
 
 
-def job_running(out: Path, entry: dict[str, Any]) -> bool:
-    """Whether a job may still write to its shard (not finished, not failed, not cancelled)."""
+def slurm_states(job_ids: list[str]) -> dict[str, str] | None:
+    """Each job's state as ``squeue`` shows it (squeue needs no accounting database, unlike sacct); a job it
+    does not list has ended and been purged. None, with one warning, when squeue cannot answer."""
+    if not job_ids:
+        return {}
+    try:
+        listed = subprocess.run(["squeue", "--noheader", "--states=all", "--format=%i|%T",
+                                 f"--jobs={','.join(job_ids)}"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        why = str(exc)
+    else:
+        if listed.returncode == 0:
+            states = {}
+            for line in listed.stdout.splitlines():
+                job, _, state = line.strip().partition("|")
+                states[job] = state.split()[0].upper() if state.strip() else "UNKNOWN"
+            return states
+        if "invalid job id" in listed.stderr.lower():  # none of them is known any more: all ended
+            return {}
+        why = (listed.stderr.strip().splitlines() or [f"exit code {listed.returncode}"])[-1]
+    import warnings
+
+    warnings.warn(f"squeue cannot say which jobs still run ({why[:200]}); counting them as running", stacklevel=2)
+    return None
+
+
+def running_jobs(out: Path, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The jobs that may still write to their shards: not finished, not failed, not cancelled. A SLURM job whose
+    state squeue cannot give counts as running (nothing is resubmitted twice)."""
+    unfinished = [e for e in entries if not (out / e["shard"] / DONE_FILE).exists()]
+    slurm = [e["job_id"] for e in unfinished if e["executor"] == "slurm"]
+    states = slurm_states(slurm) if slurm else {}
+    return [e for e in unfinished if job_running(out, e, states)]
+
+
+def job_running(out: Path, entry: dict[str, Any], states: dict[str, str] | None = None) -> bool:
+    """Whether a job may still write to its shard; ``states``: slurm_states of the run's jobs (None: unknown)."""
     if (out / entry["shard"] / DONE_FILE).exists():
         return False
     if entry["executor"] == "local-jobs":
@@ -187,12 +267,9 @@ def job_running(out: Path, entry: dict[str, Any]) -> bool:
             pass
         state = proc_field(f"/proc/{entry['job_id']}/status", "State")
         return state is not None and not state.startswith(("Z", "X"))
-    import submitit
-
-    state = submitit.SlurmJob(folder=out / JOBS_DIR, job_id=entry["job_id"]).state.split()[0].upper()
-    if state == "UNKNOWN":
-        return time.time() - entry.get("submitted_at", 0) < UNKNOWN_GRACE_S
-    return state in RUNNING_STATES
+    if states is None:
+        return True
+    return states.get(str(entry["job_id"]), "ENDED") in RUNNING_STATES
 
 
 def _merged_offsets(state_file: Path) -> dict[str, tuple[int, str]]:
@@ -264,6 +341,62 @@ def merge_shards(out: Path) -> int:
     return len(fresh)
 
 
+def _notes(shard: Path) -> list[dict[str, Any]]:
+    """What a shard's job said of itself: each stop (``stops.jsonl``) and its end (``done.json``)."""
+    notes = []
+    for path in (shard / STOPS_FILE, shard / DONE_FILE):
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                note = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(note, dict):
+                notes.append(note)
+    return notes
+
+
+def time_limit_problem(out: Path, manifest: dict[str, Any], time_min: int) -> str | None:
+    """Why jobs with a limit of ``time_min`` minutes cannot finish a timing comparison group, from what the
+    run's jobs measured (None when nothing says so). A training run needs no such check: it goes on from its
+    checkpoint in the next job."""
+    longest, stuck = 0.0, None
+    for entry in manifest["jobs"]:
+        for note in _notes(out / entry["shard"]):
+            longest = max(longest, float(note.get("longest_group_s") or 0))
+            if (note.get("signal") == "SIGUSR2" and note.get("groups_done") == 0
+                    and int(note.get("time_min") or 0) >= time_min):
+                stuck = stuck or (entry, note)
+    usable_s = time_min * 60 - signal_delay_s(time_min) - 30  # SLURM's timer may signal some 30 s early
+    if stuck:
+        entry, note = stuck
+        return (f"job {entry['job_id']} reached its time limit ({note['time_min']} min) before it measured one "
+                f"comparison group whole, so a job with --time-min {time_min} would end the same way")
+    if longest and longest > usable_s:
+        return (f"the longest comparison group so far took {longest / 60:.1f} min, and a job with --time-min "
+                f"{time_min} has about {max(usable_s, 0) / 60:.1f} min before it is told to stop")
+    return None
+
+
+def progress_mark(out: Path) -> tuple[int, int]:
+    """What moves while a run's jobs make progress: the measurements merged, the training checkpoints saved."""
+    saved = 0
+    for path in (out / CHECKPOINTS_DIR).glob("*.pt"):  # nothing when there is no such folder
+        try:
+            saved = max(saved, path.stat().st_mtime_ns)
+        except OSError:  # deleted meanwhile: its run was recorded
+            pass
+    return len(results.measurement_ids(out)), saved
+
+
+def stop_count(out: Path, manifest: dict[str, Any]) -> int:
+    """How many times the run's jobs were stopped by a signal (time limit, scancel, preemption)."""
+    return sum(1 for e in manifest["jobs"] for note in _notes(out / e["shard"]) if "signal" in note)
+
+
 def missing(out: Path, sweep: Sweep, manifest: dict[str, Any],
             running: list[dict[str, Any]] | None = None) -> tuple[list[Point], list[int]]:
     """The manifest's points with a (point, process) measurement still absent from ``results.jsonl``, less
@@ -286,7 +419,7 @@ def wait(out: Path, manifest: dict[str, Any], progress=None, poll_s: float = 2.0
     """Merge shards as jobs finish, until no job runs; ``progress(done_jobs, jobs, merged_points)``."""
     while True:
         merge_shards(out)
-        running = [entry for entry in manifest["jobs"] if job_running(out, entry)]
+        running = running_jobs(out, manifest["jobs"])
         if progress:
             progress(len(manifest["jobs"]) - len(running), len(manifest["jobs"]), len(results.measurement_ids(out)))
         if not running:

@@ -43,7 +43,11 @@ WORKER_STARTUP_TIMEOUT_S = 180.0
 # sys.path, so that a `reports.py` or `pynvml.py` lying where the user runs would be imported: the
 # first path entry (the current directory, for -c) is removed before anything else is imported.
 WORKER_BOOT = (
-    "import sys\n"
+    "import os, signal, sys\n"
+    # a cluster job's worker ignores the signals that stop the job (scancel, preemption, the time limit): the
+    # job's runner stops it, so that a stopped job is never mistaken for a crash of the point in flight
+    "for name in os.environ.pop('TLSTM_BENCH_WORKER_IGNORES', '').split():\n"
+    "    signal.signal(getattr(signal, name), signal.SIG_IGN)\n"
     "if sys.path and sys.path[0] == '':\n"
     "    del sys.path[0]\n"
     "import runpy\n"
@@ -56,6 +60,8 @@ LOG_TAIL_LINES = 4
 # A training run that ends so (its worker killed, out of memory, past its timeout) keeps its checkpoint, and
 # --resume runs it again from there; a second such end after resuming is final.
 RETRIED = ("crashed", "timeout")
+# What stops a cluster job: scancel and preemption send SIGTERM; SIGUSR2 comes before the time limit (bench.cluster)
+JOB_STOP_SIGNALS = ("SIGTERM", "SIGUSR2")
 
 
 def comparison_groups(points: list[Point], indices: list[int] | None = None) -> list[list[tuple[int, Point]]]:
@@ -98,7 +104,8 @@ def describe_exit(returncode: int | None) -> str:
 class Worker:
     """One worker process (``bench.worker``, started by ``WORKER_BOOT``) and its JSON-lines pipes."""
 
-    def __init__(self, plugins: list[str], base_dir: str | None, log_path: Path, threads: int = 0) -> None:
+    def __init__(self, plugins: list[str], base_dir: str | None, log_path: Path, threads: int = 0,
+                 ignores: tuple[str, ...] = ()) -> None:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
@@ -109,6 +116,7 @@ class Worker:
             # its own session: Ctrl-C reaches the runner, which stops the worker itself, so an interrupt
             # is not mistaken for a crash of the point in flight
             start_new_session=True,
+            env={**os.environ, "TLSTM_BENCH_WORKER_IGNORES": " ".join(ignores)},
         )
         self._buffer = b""
         self._selector = selectors.DefaultSelector()
@@ -203,10 +211,19 @@ ProgressFn = Callable[[int, int, Point, str | None, float], None]
 class Runner:
     """Runs points of a sweep through a (replaceable) worker, writing results as it goes."""
 
-    def __init__(self, sweep: Sweep, out_dir: Path, profile: bool = False) -> None:
+    def __init__(self, sweep: Sweep, out_dir: Path, profile: bool = False, checkpoints: Path | None = None,
+                 job: bool = False) -> None:
         self.sweep = sweep
         self.out_dir = out_dir
         self.profile = profile  # one profiled call per point after the timed ones (process 0 only)
+        # where training runs keep their state, by the run's key (a cluster run shares one for all its jobs)
+        self.checkpoints = checkpoints or out_dir / CHECKPOINTS_DIR
+        # a cluster job (bench.cluster): its workers ignore JOB_STOP_SIGNALS, and a timing comparison group's
+        # records are appended together once the group is measured whole, so that a job stopped mid-group
+        # leaves none of it and the group is measured again whole, in one job
+        self.job = job
+        self.groups_done = 0  # comparison groups measured whole in this run
+        self.longest_group_s = 0.0
         self.workers: dict[int, Worker] = {}  # process index -> its worker
         self.env: dict[str, Any] | None = None
 
@@ -214,7 +231,7 @@ class Runner:
         worker = self.workers.get(process)
         if worker is None or worker.proc.poll() is not None:
             worker = Worker(self.sweep.plugins, self.sweep.base_dir, self.out_dir / "worker.log",
-                            self.sweep.budget["threads"])
+                            self.sweep.budget["threads"], JOB_STOP_SIGNALS if self.job else ())
             self.workers[process] = worker
         return worker
 
@@ -245,7 +262,7 @@ class Runner:
             trace = self.out_dir / TRACES_DIR / f"{point.key}.json.gz" if self.profile and process == 0 else None
             checkpoint = self.checkpoint_path(point)
             if checkpoint is not None:
-                checkpoint.parent.mkdir(exist_ok=True)
+                checkpoint.parent.mkdir(parents=True, exist_ok=True)
             request = {"op": "point", "config": point.as_dict(), "energy": self.sweep.budget["energy"],
                        "min_time_s": self.sweep.budget["min_time_s"], "trace": str(trace) if trace else None,
                        "checkpoint": str(checkpoint) if checkpoint else None}
@@ -267,7 +284,7 @@ class Runner:
         """The records ``--resume`` takes as done: all but a training run's that ended ``crashed`` or ``timeout``
         while its checkpoint is kept (it is run again from there), and, when profiling, a timed point's that has
         no profile (it is measured again with one); the new line replaces the old one."""
-        checkpoints = self.out_dir / CHECKPOINTS_DIR
+        checkpoints = self.checkpoints
 
         def retried(r: dict[str, Any]) -> bool:
             if str(r.get("message", "")).startswith(DISK_FULL):  # measured again once there is space
@@ -284,15 +301,15 @@ class Runner:
 
     def checkpoint_path(self, point: Point) -> Path | None:
         """Where a training point keeps its state between evaluations (None for a timing point)."""
-        return self.out_dir / CHECKPOINTS_DIR / f"{point.key}.pt" if point.train is not None else None
+        return self.checkpoints / f"{point.key}.pt" if point.train is not None else None
 
-    def schedule(self, points: list[Point], indices: list[int] | None = None) -> Iterator[tuple[int, Point, int]]:
-        """(index, point, process) in measuring order: per comparison group, one round per process."""
+    def schedule(self, points: list[Point], indices: list[int] | None = None) -> Iterator[tuple[int, Point, int, int]]:
+        """(index, point, process, group) in measuring order: per comparison group, one round per process."""
         processes = self.sweep.budget["processes"]
-        for members in comparison_groups(points, indices):
+        for group, members in enumerate(comparison_groups(points, indices)):
             for process in range(processes):
                 for index, point in members:
-                    yield index, point, process
+                    yield index, point, process, group
 
     def run(self, points: list[Point], *, resume: bool, progress: ProgressFn | None = None,
             indices: list[int] | None = None) -> RunSummary:
@@ -308,13 +325,15 @@ class Runner:
         path = self.out_dir / results.RESULTS_FILE
         done = {measurement_id(r) for r in self._final(results.repair(path))} if resume else set()
         schedule = list(self.schedule(points, indices))
-        todo = [(i, p, process) for i, p, process in schedule if (p.key, process) not in done]
+        todo = [(i, p, process, g) for i, p, process, g in schedule if (p.key, process) not in done]
         summary = RunSummary(self.out_dir, total=len(schedule), skipped=len(schedule) - len(todo))
         started = time.monotonic()
+        held: list[dict[str, Any]] = []  # a cluster job's records of the timing group in progress
         try:
             if todo:
-                env = self.environment([p for _, p, _ in todo])
-            for n, (index, point, process) in enumerate(todo):
+                env = self.environment([p for _, p, _, _ in todo])
+            group_started = time.monotonic()
+            for n, (index, point, process, group) in enumerate(todo):
                 if progress:
                     progress(n, len(todo), point, None, time.monotonic() - started)
                 started_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -335,12 +354,24 @@ class Runner:
                 record = make_record(point, status=reply["status"], message=message,
                                      samples_s=reply.get("samples_s", []), metrics=reply.get("metrics", {}), env=env,
                                      sweep=self.sweep.name, index=index, started_at=started_at, process=process)
-                results.append(path, record)
+                held.append(record)
+                last_of_group = n + 1 == len(todo) or todo[n + 1][3] != group
+                if last_of_group or not self.job or checkpoint is not None:
+                    results.append(path, *held)
+                    held.clear()
+                if last_of_group:
+                    self.groups_done += 1
+                    self.longest_group_s = max(self.longest_group_s, time.monotonic() - group_started)
+                    group_started = time.monotonic()
                 if checkpoint is not None and not keep:  # the run is recorded: its state is no longer needed
                     checkpoint.unlink(missing_ok=True)
                 summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
                 if progress:
                     progress(n + 1, len(todo), point, record["status"], time.monotonic() - started)
+        except BaseException:  # interrupted (Ctrl-C, a stopped cluster job): the point in flight is dropped at once
+            for worker in self.workers.values():
+                worker.kill()
+            raise
         finally:
             self._close_workers()
             summary.wall_s = time.monotonic() - started

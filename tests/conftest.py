@@ -116,3 +116,34 @@ def tiny_training_sweep(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real single-node SLURM cluster (tests/slurm_cluster.py) for the whole session, its SLURM_CONF exported
+    to every command the tests start; skipped, with the install command, where slurm-wlm and munge are absent
+    or the tests do not run as root."""
+    from tests.slurm_cluster import Cluster, unavailable
+
+    why = unavailable()
+    if why:
+        pytest.skip(why)
+    cluster = Cluster(tmp_path_factory.mktemp("slurm"))
+    cluster.start()
+    before = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    try:
+        yield cluster
+    finally:
+        if before is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = before
+        cluster.stop()
+
+
+@pytest.fixture
+def slurm(slurm_cluster):
+    """The session's SLURM cluster, with every job a test left cancelled after it."""
+    yield slurm_cluster
+    slurm_cluster.cancel_all()

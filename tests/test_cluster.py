@@ -1,5 +1,6 @@
 """Sweeps as submitit jobs: split into jobs with comparison groups whole, shards merged without loss or
-duplicates, a killed job recovered by collect, the SLURM submission checked with a fake sbatch/sacct."""
+duplicates, a killed local job recovered by collect, the batch script's GPU request checked with a fake sbatch
+(the runs on a real SLURM scheduler are in test_slurm.py)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,24 @@ def test_local_jobs_split_merge_and_report(tmp_path):
     df = results.load(out)
     assert (df["status"] == "ok").all() and df["machine"].notna().all()
     assert (out / "report.html").exists()
+    for argv, words in ((["--time-min", "0"], "--time-min must be from 1"),
+                        (["--partition", "gpu"], "--partition: only with --executor slurm")):
+        refused = subprocess.run([str(CLI), "collect", str(out), *argv], capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and words in refused.stderr, refused.stderr
+
+
+def test_a_time_limit_too_short_for_one_group_is_refused_from_what_the_jobs_noted(tmp_path):
+    manifest = {"jobs": [{"job_id": "7", "shard": "shards/job-000"}, {"job_id": "8", "shard": "shards/job-001"}]}
+    for entry in manifest["jobs"]:
+        (tmp_path / entry["shard"]).mkdir(parents=True)
+    assert cluster.time_limit_problem(tmp_path, manifest, 1) is None  # nothing measured yet: nothing to say
+    (tmp_path / "shards/job-000" / cluster.DONE_FILE).write_text(json.dumps({"longest_group_s": 400.0}))
+    assert "took 6.7 min" in cluster.time_limit_problem(tmp_path, manifest, 7)
+    assert cluster.time_limit_problem(tmp_path, manifest, 9) is None
+    stop = {"signal": "SIGUSR2", "groups_done": 0, "time_min": 20, "longest_group_s": 0}
+    (tmp_path / "shards/job-001" / cluster.STOPS_FILE).write_text("not json\n" + json.dumps(stop) + "\n")
+    assert "job 8 reached its time limit (20 min)" in cluster.time_limit_problem(tmp_path, manifest, 20)
+    assert cluster.time_limit_problem(tmp_path, manifest, 21) is None
 
 
 def _children(pid: int) -> list[int]:
@@ -108,68 +127,44 @@ def test_a_job_killed_mid_run_is_recovered_by_collect(tmp_path):
     assert before <= merged  # what the killed job measured was kept, not measured again
 
 
+# The one case the real scheduler of tests/test_slurm.py cannot produce here: a job that asks for GPUs (this
+# machine has none, so sbatch refuses it). A fake sbatch records the batch script submitit writes, to check it.
 FAKE_SBATCH = """#!/usr/bin/env bash
-# records the script, runs it in the background as SLURM would, prints what sbatch prints
 n=$(( $(cat "$FAKE_SLURM/counter" 2>/dev/null || echo 4241) + 1 ))
 echo "$n" > "$FAKE_SLURM/counter"
 cp "$1" "$FAKE_SLURM/job-$n.sh"
-( export SLURM_JOB_ID=$n SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_NODEID=0 SLURM_NTASKS=1 SLURM_JOB_NUM_NODES=1 \\
-         SLURM_JOB_NODELIST=localhost SLURM_STEP_NODELIST=localhost
-  bash "$1" > "$FAKE_SLURM/job-$n.out" 2>&1; touch "$FAKE_SLURM/job-$n.done" ) < /dev/null > /dev/null 2>&1 &
 echo "Submitted batch job $n"
 """
-FAKE_SRUN = """#!/usr/bin/env bash
-while [[ "$1" == --* ]]; do case "$1" in --unbuffered) shift ;; *) shift 2 ;; esac; done
-exec "$@"
-"""
-FAKE_SACCT = """#!/usr/bin/env bash
-echo "JobID|State|NodeList"
-while [ $# -gt 0 ]; do
-  if [ "$1" = "-j" ]; then
-    if [ -e "$FAKE_SLURM/job-$2.done" ]; then echo "$2|COMPLETED|localhost"; else echo "$2|RUNNING|localhost"; fi
-    shift
-  fi
-  shift
-done
-"""
 
 
-@pytest.fixture
-def fake_slurm(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "fake-bin"
+def test_the_batch_script_asks_for_the_gpus_and_resources_requested(tmp_path, monkeypatch):
+    bin_dir, state = tmp_path / "fake-bin", tmp_path / "slurm"
     bin_dir.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN), ("sacct", FAKE_SACCT)):
+    state.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", "#!/bin/sh\nexit 1\n")):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    state = tmp_path / "slurm"
-    state.mkdir()
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_SLURM", str(state))
-    return state
-
-
-def test_slurm_submission_has_the_requested_resources_and_runs(tmp_path, fake_slurm):
     out = tmp_path / "out"
-    sweep = _sweep(tmp_path, ["fake_ok", "lstm_cudnn"], [1, 2])
-    log = tmp_path / "submit.log"  # a file, not a pipe: the fake jobs inherit it
-    with open(log, "w") as f:
-        submitted = subprocess.run([str(CLI), "run", str(sweep), "--out", str(out), "--executor", "slurm",
-                                    "--partition", "gpu", "--gpus-per-job", "1", "--time-min", "30", "--slurm-opt",
-                                    "account=tlstm", "--jobs", "2", "--no-wait"], cwd=tmp_path, stdout=f,
-                                   stderr=subprocess.STDOUT, timeout=120)
-    assert submitted.returncode == 0, log.read_text()
-    scripts = sorted(fake_slurm.glob("job-*.sh"))
+    submitted = subprocess.run([str(CLI), "run", str(_sweep(tmp_path, ["fake_ok", "lstm_cudnn"], [1, 2])), "--out",
+                                str(out), "--executor", "slurm", "--partition", "gpu", "--gpus-per-job", "1",
+                                "--time-min", "30", "--slurm-opt", "account=tlstm", "--slurm-opt", "qos=high",
+                                "--jobs", "2", "--no-wait"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stderr
+    scripts = sorted(state.glob("job-*.sh"))
     assert len(scripts) == 2
-    header = [line for line in scripts[0].read_text().splitlines() if line.startswith("#SBATCH")]
-    for expected in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --time=30",
-                     "#SBATCH --account=tlstm", "#SBATCH --job-name=tlstm-jobs"):
-        assert expected in header, header
-    assert "export PYTHONSAFEPATH=1" in scripts[0].read_text()
-    collected = subprocess.run([str(CLI), "collect", str(out), "--no-report"], cwd=tmp_path, capture_output=True,
-                               text=True, timeout=600)
-    assert collected.returncode == 0, collected.stderr + "".join(p.read_text() for p in fake_slurm.glob("*.out"))
-    lines = _lines(out)
-    assert len(lines) == len(set(lines)) == 4
+    for script in scripts:
+        text = script.read_text()
+        header = [line for line in text.splitlines() if line.startswith("#SBATCH")]
+        for expected in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --time=30",
+                         "#SBATCH --account=tlstm", "#SBATCH --qos=high", "#SBATCH --job-name=tlstm-jobs",
+                         f"#SBATCH --signal=USR2@{cluster.signal_delay_s(30)}"):
+            assert expected in header, header
+        assert "export PYTHONSAFEPATH=1" in text
+    manifest = json.loads((out / "jobs.json").read_text())
+    assert [e["job_id"] for e in manifest["jobs"]] == ["4242", "4243"]
+    assert manifest["options"]["gpus_per_job"] == 1
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -182,7 +177,7 @@ def test_slurm_submission_has_the_requested_resources_and_runs(tmp_path, fake_sl
     (["--executor", "local-jobs", "--slurm-opt", "account"], ["--slurm-opt must be KEY=VALUE"]),
 ])
 def test_bad_cluster_options_are_refused_before_anything_is_submitted(tmp_path, capsys, monkeypatch, argv, words):
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no sbatch here
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here, wherever SLURM is installed
     out = tmp_path / "out"
     try:
         code = cli.main(["run", str(_sweep(tmp_path, ["lstm_cudnn"], [1])), "--out", str(out), *argv])
@@ -217,3 +212,25 @@ def test_a_job_that_dies_while_the_cli_waits_does_not_hang_it(tmp_path):
                                text=True, timeout=600)
     assert collected.returncode == 0, collected.stderr
     assert len(_lines(out)) == len(set(_lines(out))) == 4
+
+
+def test_squeue_that_cannot_answer_counts_jobs_as_running_with_one_warning(tmp_path, monkeypatch):
+    # a controller that is down takes squeue a minute or two to give up on: a fake says it at once
+    (tmp_path / "squeue").write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller "
+                                     "(connect failure)' >&2\nexit 1\n")
+    (tmp_path / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with pytest.warns(UserWarning, match="squeue cannot say .*connect failure"):
+        assert cluster.slurm_states(["1"]) is None
+    entry = {"job_id": "1", "executor": "slurm", "shard": "shards/job-000"}
+    with pytest.warns(UserWarning):
+        assert cluster.running_jobs(tmp_path, [entry]) == [entry]  # not resubmitted while unknown
+
+
+def test_job_progress_prints_when_a_job_finishes_and_otherwise_rarely(capsys):
+    show = cli._job_progress(quiet=False, every_s=3600)
+    for done, merged in ((0, 0), (0, 5), (0, 9), (1, 9), (1, 12), (2, 20)):
+        show(done, 2, merged)
+    assert capsys.readouterr().err.splitlines() == ["jobs 0/2 finished, 0 measurements merged",
+                                                     "jobs 1/2 finished, 9 measurements merged",
+                                                     "jobs 2/2 finished, 20 measurements merged"]
