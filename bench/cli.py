@@ -3,7 +3,7 @@
     tlstm-bench run [SWEEP] [--out DIR] [--resume] [--set AXIS=VALUES]... [--no-report]
     tlstm-bench profile [SWEEP] [same options as run]
     tlstm-bench run SWEEP --executor slurm [--partition P] [--gpus-per-job N] [--time-min N] [--jobs N] [--no-wait]
-    tlstm-bench collect OUT [--no-wait] [--time-min N] [--jobs N] [--partition P] [--gpus-per-job N]
+    tlstm-bench collect OUT [--no-wait] [--time-min N] [--jobs N] [--partition P] [--gpus-per-job N] [--slurm-opt K=V]
     tlstm-bench list
     tlstm-bench report RESULTS [--out FILE] [--pytest-benchmark FILE.json]
     tlstm-bench compare BASE NEW [--threshold 0.05]
@@ -262,7 +262,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return _run_locked(args, sweep, points, out)
         finally:
             lock.__exit__(None, None, None)
-    except UsageError as exc:
+    except (UsageError, ClusterError) as exc:  # ClusterError: --resume of a cluster run is a collect
         _error(str(exc))
         return EXIT_USAGE
 
@@ -293,8 +293,8 @@ def _run_locked(args: argparse.Namespace, sweep, points, out: Path) -> int:
         _write_sweep_json(out, sweep, args.argv, args.resume)
         (out / results.RESULTS_FILE).touch()  # from here on the run can be resumed, even before its first point
     print(f"sweep {sweep.name}: {len(points)} points -> {out}", file=sys.stderr)
-    if args.cluster.executor != "local":
-        return _run_jobs(args, sweep, points, out)
+    if args.cluster.executor != "local" or (args.resume and (out / cluster.MANIFEST).exists()):
+        return _run_jobs(args, sweep, points, out)  # a cluster run resumes as one: what collect does
     runner = Runner(sweep, out, profile=args.profile)
     try:
         summary = runner.run(points, resume=args.resume, progress=None if args.quiet else progress_printer())
@@ -382,7 +382,7 @@ def _resubmit_options(args: argparse.Namespace, manifest: dict) -> ClusterOption
             if getattr(args, name) is not None:
                 setattr(options, name, getattr(args, name))
         options.slurm_opts = {**options.slurm_opts, **parse_slurm_opts(args.slurm_opt)}
-    options.check()
+    options.check(submitting=False)  # merging needs no sbatch; resubmitting checks it
     return options
 
 
@@ -391,10 +391,12 @@ def _resubmit(out: Path, sweep, manifest: dict, options: ClusterOptions, running
     todo, indices = cluster.missing(out, sweep, manifest, running)
     if not todo:
         return []
+    options.check()
     problem = cluster.time_limit_problem(out, manifest, options.time_min) if sweep.train is None else None
     if problem:
-        raise ClusterError(f"not resubmitting {len(todo)} point(s): {problem}; give the jobs a longer limit: "
-                           f"tlstm-bench collect {out} --time-min {2 * options.time_min}")
+        why, minutes = problem
+        raise ClusterError(f"not resubmitting {len(todo)} point(s): {why}; give the jobs a longer limit: "
+                           f"tlstm-bench collect {out} --time-min {max(minutes, options.time_min + 1)}")
     try:
         entries = cluster.submit(out, sweep, todo, indices, options, bool(manifest.get("profile")))
     except ClusterError:
@@ -415,14 +417,14 @@ def _collect(args: argparse.Namespace, out: Path, *, wait: bool) -> int:
     except (KeyError, TypeError) as exc:
         raise ClusterError(f"{out / results.SWEEP_FILE}: not the sweep definition of a run ({exc!r})") from None
     options = _resubmit_options(args, manifest)
+    running = cluster.running_jobs(out, manifest["jobs"])  # before merging: a job ending meanwhile is merged whole
     cluster.merge_shards(out)
-    running = cluster.running_jobs(out, manifest["jobs"])
     entries = _resubmit(out, sweep, manifest, options, running)
     if not wait:
         print(f"{len(running) + len(entries)} job(s) running; collect again with: tlstm-bench collect {out} "
               f"(or without --no-wait to wait)")
         return EXIT_OK
-    stuck = ""
+    stuck = None
     while True:
         manifest = cluster.read_manifest(out)
         progress, stops = cluster.progress_mark(out), cluster.stop_count(out, manifest)
@@ -436,13 +438,14 @@ def _collect(args: argparse.Namespace, out: Path, *, wait: bool) -> int:
         try:
             _resubmit(out, sweep, manifest, options, [])
         except ClusterError as exc:
-            stuck = f" ({exc})"
+            stuck = str(exc)
             break
     todo, _ = cluster.missing(out, sweep, manifest)
     df = results.load(out)
+    why = stuck or (f"their jobs ended without finishing (logs in {out / cluster.JOBS_DIR}); `tlstm-bench collect "
+                    f"{out}` resubmits them")
     print(f"\n{len(df)} points ({_status_counts(df)}) from {len(manifest['jobs'])} job(s)"
-          + (f"; {len(todo)} point(s) missing{stuck or ' (their jobs failed: see ' + str(out / cluster.JOBS_DIR) + ')'}"
-             f": `tlstm-bench collect {out}` resubmits them" if todo else ""))
+          + (f"; {len(todo)} point(s) missing: {why}" if todo else ""))
     return _finish(args, df, out) if not todo else max(_finish(args, df, out), EXIT_FAILED)
 
 

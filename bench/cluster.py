@@ -38,7 +38,7 @@ from . import results
 from .contract import Point, measurement_id
 from .measure import proc_field
 from .outdir import OutputLock, atomic_write
-from .runner import CHECKPOINTS_DIR, JOB_STOP_SIGNALS, Runner, comparison_groups
+from .runner import CHECKPOINTS_DIR, JOB_STOP_SIGNALS, Runner, comparison_groups, retriable
 from .sweep import Sweep
 
 EXECUTORS = ("local", "local-jobs", "slurm")
@@ -61,6 +61,9 @@ class JobStopped(BaseException):
     """A cluster job was told to stop (its signal's name): the point in flight is dropped, not recorded."""
 
 
+SIGNAL_EARLY_S = 60  # sbatch(1): "the signal may be sent up to 60 seconds earlier than specified"
+
+
 def signal_delay_s(time_min: int) -> int:
     """How long before its time limit a job is told to stop (SIGUSR2): 90 s, less for a limit under 8 minutes."""
     return min(90, max(15, time_min * 60 // 5))
@@ -75,8 +78,8 @@ class ClusterOptions:
     time_min: int = 60
     slurm_opts: dict[str, str] = field(default_factory=dict)
 
-    def check(self) -> None:
-        """Refuse what cannot work, before anything is submitted."""
+    def check(self, submitting: bool = True) -> None:
+        """Refuse what cannot work, before anything is submitted (``submitting``: also that sbatch is here)."""
         if self.executor not in EXECUTORS:
             raise ClusterError(f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if not 1 <= self.jobs <= 10_000:
@@ -92,7 +95,7 @@ class ClusterOptions:
         if self.gpus_per_job is not None and not 0 <= self.gpus_per_job <= 64:
             raise ClusterError(f"--gpus-per-job must be from 0 to 64, got {self.gpus_per_job}")
         absent = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
-        if self.executor == "slurm" and absent:
+        if self.executor == "slurm" and absent and submitting:
             raise ClusterError(f"--executor slurm needs a SLURM login node: no {' or '.join(absent)} on PATH")
 
 
@@ -122,16 +125,20 @@ class ShardTask:
                         job=True)
         started = time.monotonic()
 
-        def stop(signum, frame):
+        def ignore_stops() -> None:
+            for name in JOB_STOP_SIGNALS:
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+        def stop(signum, frame):  # once: a second signal must not interrupt the cleanup this one starts
+            ignore_stops()
             raise JobStopped(signal.Signals(signum).name)
 
         for name in JOB_STOP_SIGNALS:  # in place of submitit's handlers, which ignore SIGTERM
             signal.signal(getattr(signal, name), stop)
         try:
             summary = runner.run(self.points, resume=True, indices=self.indices)
+            ignore_stops()  # done: a stop now must not cost the note that says so
         except JobStopped as exc:
-            for name in JOB_STOP_SIGNALS:
-                signal.signal(getattr(signal, name), signal.SIG_IGN)
             note = {"signal": str(exc), "at": time.time(), "elapsed_s": round(time.monotonic() - started, 1),
                     "groups_done": runner.groups_done, "longest_group_s": round(runner.longest_group_s, 1),
                     "time_min": self.time_min, "host": os.uname().nodename}
@@ -214,8 +221,8 @@ def submit(out: Path, sweep: Sweep, points: list[Point], indices: list[int], opt
         entries.append({"number": number, "job_id": str(job.job_id), "executor": options.executor,
                         "shard": str(shard.relative_to(out)), "indices": [indices[k] for k in share],
                         "points": [p.as_dict() for p in chosen], "submitted_at": time.time()})
-    manifest["jobs"].extend(entries)
-    atomic_write(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        # after every job: interrupted mid-way, the manifest still lists every job submitted
+        atomic_write(out / MANIFEST, json.dumps({**manifest, "jobs": manifest["jobs"] + entries}, indent=1) + "\n")
     return entries
 
 
@@ -328,12 +335,21 @@ def merge_shards(out: Path) -> int:
                 offsets[shard.name] = (start + used, _tail_hash(path, start + used))
                 moved = True
         have = results.measurement_ids(out) if new else set()
+        replaceable: dict[tuple[str, int], Any] | None = None  # read only if a record is already merged
         fresh = []
         for record in new:
             ident = measurement_id(record)
-            if ident not in have:
-                fresh.append(record)
-                have.add(ident)
+            if ident in have:
+                if replaceable is None:
+                    replaceable = _replaceable(results.read_records(out) + fresh)
+                if ident not in replaceable or replaceable[ident] == record.get("started_at"):
+                    continue  # merged already (itself, read again), or merged final
+            fresh.append(record)
+            have.add(ident)
+            if replaceable is not None:
+                replaceable.update(_replaceable([record]))
+                if not retriable(record, None):
+                    replaceable.pop(ident, None)
         if fresh:
             results.append(out, *fresh)  # which cuts a torn last line of results.jsonl off first
         if moved:  # even without a record (an unreadable line): it is not read and warned about again
@@ -359,10 +375,10 @@ def _notes(shard: Path) -> list[dict[str, Any]]:
     return notes
 
 
-def time_limit_problem(out: Path, manifest: dict[str, Any], time_min: int) -> str | None:
+def time_limit_problem(out: Path, manifest: dict[str, Any], time_min: int) -> tuple[str, int] | None:
     """Why jobs with a limit of ``time_min`` minutes cannot finish a timing comparison group, from what the
-    run's jobs measured (None when nothing says so). A training run needs no such check: it goes on from its
-    checkpoint in the next job."""
+    run's jobs measured, and the limit to ask for instead (None when nothing says so). A training run needs
+    no such check: it goes on from its checkpoint in the next job."""
     longest, stuck = 0.0, None
     for entry in manifest["jobs"]:
         for note in _notes(out / entry["shard"]):
@@ -370,14 +386,16 @@ def time_limit_problem(out: Path, manifest: dict[str, Any], time_min: int) -> st
             if (note.get("signal") == "SIGUSR2" and note.get("groups_done") == 0
                     and int(note.get("time_min") or 0) >= time_min):
                 stuck = stuck or (entry, note)
-    usable_s = time_min * 60 - signal_delay_s(time_min) - 30  # SLURM's timer may signal some 30 s early
+    usable_s = time_min * 60 - signal_delay_s(time_min) - SIGNAL_EARLY_S
     if stuck:
         entry, note = stuck
         return (f"job {entry['job_id']} reached its time limit ({note['time_min']} min) before it measured one "
-                f"comparison group whole, so a job with --time-min {time_min} would end the same way")
+                f"comparison group whole, so a job with --time-min {time_min} would end the same way",
+                2 * int(note["time_min"]))
     if longest and longest > usable_s:
+        needed = -(-(longest + 90 + SIGNAL_EARLY_S) // 60)  # whole minutes: the group, the signal's lead, slack
         return (f"the longest comparison group so far took {longest / 60:.1f} min, and a job with --time-min "
-                f"{time_min} has about {max(usable_s, 0) / 60:.1f} min before it is told to stop")
+                f"{time_min} has about {max(usable_s, 0) / 60:.1f} min before it is told to stop", int(needed))
     return None
 
 
@@ -397,11 +415,34 @@ def stop_count(out: Path, manifest: dict[str, Any]) -> int:
     return sum(1 for e in manifest["jobs"] for note in _notes(out / e["shard"]) if "signal" in note)
 
 
+def _replaceable(records: list[dict[str, Any]]) -> dict[tuple[str, int], Any]:
+    """The (point, process) whose last record a later one replaces (the loader keeps the last line): a training
+    run that ended ``crashed`` or ``timeout``, a point that failed for want of disk space; with its start time,
+    which tells it from itself read again."""
+    last: dict[tuple[str, int], Any] = {}
+    for record in records:
+        if retriable(record, None):
+            last[measurement_id(record)] = record.get("started_at")
+        else:
+            last.pop(measurement_id(record), None)
+    return last
+
+
+def _measured_again(out: Path) -> set[tuple[str, int]]:
+    """The (point, process) of merged records that a job is to measure again, their new record replacing them:
+    training runs that ended ``crashed`` or ``timeout`` with their checkpoint kept (bench.runner.retriable)."""
+    checkpoints = out / CHECKPOINTS_DIR
+    keys = {path.name.removesuffix(".pt") for path in checkpoints.glob("*.pt")}
+    if not keys:
+        return set()
+    return {measurement_id(r) for r in results.read_records(out) if r.get("key") in keys and retriable(r, checkpoints)}
+
+
 def missing(out: Path, sweep: Sweep, manifest: dict[str, Any],
             running: list[dict[str, Any]] | None = None) -> tuple[list[Point], list[int]]:
     """The manifest's points with a (point, process) measurement still absent from ``results.jsonl``, less
     those a job in ``running`` may still measure."""
-    have = results.measurement_ids(out)
+    have = results.measurement_ids(out) - _measured_again(out)
     pending = {index for entry in (running or []) for index in entry["indices"]}
     points, indices, seen = [], [], set()
     for entry in manifest["jobs"]:

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,6 +75,17 @@ def comparison_groups(points: list[Point], indices: list[int] | None = None) -> 
 
     numbered = zip(indices if indices is not None else range(len(points)), points)
     return [list(members) for _, members in itertools.groupby(numbered, key=group)]
+
+
+def retriable(record: dict[str, Any], checkpoints: Path | None) -> bool:
+    """Whether a record is to be measured again (and its new line replace it): a point that failed for want of
+    disk space, or a training run that ended ``crashed`` or ``timeout`` while its checkpoint is kept (in the
+    folder ``checkpoints``; None: whether or not it is)."""
+    if str(record.get("message", "")).startswith(DISK_FULL):
+        return True
+    return (record.get("status") in RETRIED and isinstance(record.get("config"), dict)
+            and bool(record["config"].get("train"))
+            and (checkpoints is None or (checkpoints / f"{record.get('key')}.pt").is_file()))
 
 
 class WorkerGone(RuntimeError):
@@ -284,20 +296,12 @@ class Runner:
         """The records ``--resume`` takes as done: all but a training run's that ended ``crashed`` or ``timeout``
         while its checkpoint is kept (it is run again from there), and, when profiling, a timed point's that has
         no profile (it is measured again with one); the new line replaces the old one."""
-        checkpoints = self.checkpoints
-
-        def retried(r: dict[str, Any]) -> bool:
-            if str(r.get("message", "")).startswith(DISK_FULL):  # measured again once there is space
-                return True
-            return (r.get("status") in RETRIED and (checkpoints / f"{r.get('key')}.pt").is_file()
-                    and isinstance(r.get("config"), dict) and bool(r["config"].get("train")))
-
         def unprofiled(r: dict[str, Any]) -> bool:  # `profile --resume` over a timing run: profile what lacks one
             return (self.profile and r.get("status") == "ok" and r.get("process", 0) == 0
                     and isinstance(r.get("config"), dict) and not r["config"].get("train")
                     and not (r.get("metrics") or {}).get("profile"))
 
-        return [r for r in records if not (retried(r) or unprofiled(r))]
+        return [r for r in records if not (retriable(r, self.checkpoints) or unprofiled(r))]
 
     def checkpoint_path(self, point: Point) -> Path | None:
         """Where a training point keeps its state between evaluations (None for a timing point)."""
@@ -357,14 +361,15 @@ class Runner:
                 held.append(record)
                 last_of_group = n + 1 == len(todo) or todo[n + 1][3] != group
                 if last_of_group or not self.job or checkpoint is not None:
-                    results.append(path, *held)
+                    with _stops_held(self.job):
+                        results.append(path, *held)
+                        if checkpoint is not None and not keep:  # the run is recorded: its state is not needed
+                            checkpoint.unlink(missing_ok=True)
                     held.clear()
                 if last_of_group:
                     self.groups_done += 1
                     self.longest_group_s = max(self.longest_group_s, time.monotonic() - group_started)
                     group_started = time.monotonic()
-                if checkpoint is not None and not keep:  # the run is recorded: its state is no longer needed
-                    checkpoint.unlink(missing_ok=True)
                 summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
                 if progress:
                     progress(n + 1, len(todo), point, record["status"], time.monotonic() - started)
@@ -376,6 +381,20 @@ class Runner:
             self._close_workers()
             summary.wall_s = time.monotonic() - started
         return summary
+
+
+@contextmanager
+def _stops_held(job: bool):
+    """In a cluster job, the stop signals wait until a write is whole (they are delivered right after)."""
+    if not job:
+        yield
+        return
+    stops = {getattr(signal, name) for name in JOB_STOP_SIGNALS}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
 
 def progress_printer(stream=None) -> ProgressFn:

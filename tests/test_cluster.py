@@ -62,6 +62,12 @@ def test_local_jobs_split_merge_and_report(tmp_path):
                         (["--partition", "gpu"], "--partition: only with --executor slurm")):
         refused = subprocess.run([str(CLI), "collect", str(out), *argv], capture_output=True, text=True, timeout=120)
         assert refused.returncode == 2 and words in refused.stderr, refused.stderr
+    manifest["options"]["bogus"] = 1  # a manifest from another version: `run --resume` is a collect, refused alike
+    (out / "jobs.json").write_text(json.dumps(manifest))
+    resumed = subprocess.run([str(CLI), "run", str(tmp_path / "jobs.toml"), "--out", str(out), "--resume"],
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 2 and "options are not this version's" in resumed.stderr, resumed.stderr
+    assert "Traceback" not in resumed.stderr
 
 
 def test_a_time_limit_too_short_for_one_group_is_refused_from_what_the_jobs_noted(tmp_path):
@@ -70,11 +76,14 @@ def test_a_time_limit_too_short_for_one_group_is_refused_from_what_the_jobs_note
         (tmp_path / entry["shard"]).mkdir(parents=True)
     assert cluster.time_limit_problem(tmp_path, manifest, 1) is None  # nothing measured yet: nothing to say
     (tmp_path / "shards/job-000" / cluster.DONE_FILE).write_text(json.dumps({"longest_group_s": 400.0}))
-    assert "took 6.7 min" in cluster.time_limit_problem(tmp_path, manifest, 7)
-    assert cluster.time_limit_problem(tmp_path, manifest, 9) is None
+    assert cluster.time_limit_problem(tmp_path, manifest, 9) == (
+        "the longest comparison group so far took 6.7 min, and a job with --time-min 9 has about 6.5 min before it "
+        "is told to stop", 10)  # 400 s, 90 s of signal lead, 60 s that SLURM may signal early: 10 minutes
+    assert cluster.time_limit_problem(tmp_path, manifest, 10) is None
     stop = {"signal": "SIGUSR2", "groups_done": 0, "time_min": 20, "longest_group_s": 0}
     (tmp_path / "shards/job-001" / cluster.STOPS_FILE).write_text("not json\n" + json.dumps(stop) + "\n")
-    assert "job 8 reached its time limit (20 min)" in cluster.time_limit_problem(tmp_path, manifest, 20)
+    why, minutes = cluster.time_limit_problem(tmp_path, manifest, 20)
+    assert "job 8 reached its time limit (20 min)" in why and minutes == 40
     assert cluster.time_limit_problem(tmp_path, manifest, 21) is None
 
 
@@ -203,7 +212,7 @@ def test_a_job_that_dies_while_the_cli_waits_does_not_hang_it(tmp_path):
                                     str(out), "--executor", "local-jobs", "--jobs", "2", "--set", "repeats=12",
                                     "--no-report"], cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (out / "jobs.json").exists():
+    while time.monotonic() < deadline and "jobs 0/2 finished" not in log.read_text():  # the CLI is waiting
         time.sleep(0.05)
     _kill_job(int(json.loads((out / "jobs.json").read_text())["jobs"][0]["job_id"]))
     assert waiting.wait(timeout=300) == 1, log.read_text()  # it ends, saying points are missing
@@ -234,3 +243,37 @@ def test_job_progress_prints_when_a_job_finishes_and_otherwise_rarely(capsys):
     assert capsys.readouterr().err.splitlines() == ["jobs 0/2 finished, 0 measurements merged",
                                                      "jobs 1/2 finished, 9 measurements merged",
                                                      "jobs 2/2 finished, 20 measurements merged"]
+
+
+def test_a_training_run_that_crashed_with_its_checkpoint_kept_is_resubmitted_and_its_new_line_merged(tmp_path):
+    from bench.contract import make_record
+    from bench.sweep import Sweep
+    from tests.test_capacity import _point
+
+    point = _point()
+    out, shard = tmp_path, tmp_path / "shards" / "job-000"
+    shard.mkdir(parents=True)
+
+    def record(status: str, started_at: str) -> dict:
+        return make_record(point, status=status, message="", samples_s=[], metrics={}, env={}, sweep="s", index=0,
+                           started_at=started_at, process=0)
+
+    results.append(shard, record("crashed", "t1"))
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / f"{point.key}.pt").write_bytes(b"state")
+    assert cluster.merge_shards(out) == 1
+    manifest = {"jobs": [{"indices": [0], "points": [point.as_dict()]}]}
+    sweep = Sweep.__new__(Sweep)
+    sweep.budget = {"processes": 1}
+    assert [p.key for p in cluster.missing(out, sweep, manifest)[0]] == [point.key]  # to be run again
+    assert cluster.merge_shards(out) == 0  # the same crashed line is not merged twice
+    results.append(shard, record("ok", "t2"))
+    (out / "checkpoints" / f"{point.key}.pt").unlink()
+    assert cluster.merge_shards(out) == 1  # the new line, which replaces the crashed one
+    assert cluster.missing(out, sweep, manifest)[0] == []
+    assert results.load(out)["status"].tolist() == ["ok"]
+    results.append(shard, record("ok", "t3"))
+    assert cluster.merge_shards(out) == 0  # a final line is never replaced
+    (out / "shards" / cluster.MERGED_FILE).unlink()
+    assert cluster.merge_shards(out) == 0  # the shard read again from its start: nothing twice
+    assert len(results.read_records(out)) == 2
