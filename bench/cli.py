@@ -427,14 +427,14 @@ def _collect(args: argparse.Namespace, out: Path, *, wait: bool) -> int:
     stuck = None
     while True:
         manifest = cluster.read_manifest(out)
-        progress, stops = cluster.progress_mark(out), cluster.stop_count(out, manifest)
+        stops = cluster.progressed_stops(out, manifest)
         try:
             cluster.wait(out, manifest, _job_progress(getattr(args, "quiet", False)))
         except KeyboardInterrupt:
             return _interrupted_jobs(out)
         todo, _ = cluster.missing(out, sweep, manifest)
-        if not todo or cluster.progress_mark(out) == progress or cluster.stop_count(out, manifest) == stops:
-            break  # done, or nothing moved, or no job was stopped (they failed): the user looks first
+        if not todo or cluster.progressed_stops(out, manifest) == stops:
+            break  # done, or no job was stopped after making progress (they failed, or moved nothing): look first
         try:
             _resubmit(out, sweep, manifest, options, [])
         except ClusterError as exc:

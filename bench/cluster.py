@@ -123,7 +123,7 @@ class ShardTask:
         shard = Path(self.shard)
         runner = Runner(self.sweep, shard, profile=self.profile, checkpoints=shard.parent.parent / CHECKPOINTS_DIR,
                         job=True)
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
 
         def ignore_stops() -> None:
             for name in JOB_STOP_SIGNALS:
@@ -139,8 +139,11 @@ class ShardTask:
             summary = runner.run(self.points, resume=True, indices=self.indices)
             ignore_stops()  # done: a stop now must not cost the note that says so
         except JobStopped as exc:
+            saved = [c for c in map(runner.checkpoint_path, self.points) if c is not None and c.is_file()
+                     and c.stat().st_mtime >= started_at]  # training runs that moved on in this attempt
             note = {"signal": str(exc), "at": time.time(), "elapsed_s": round(time.monotonic() - started, 1),
                     "groups_done": runner.groups_done, "longest_group_s": round(runner.longest_group_s, 1),
+                    "checkpoints_saved": len(saved), "progress": runner.groups_done > 0 or bool(saved),
                     "time_min": self.time_min, "host": os.uname().nodename}
             with open(shard / STOPS_FILE, "a") as f:
                 f.write(json.dumps(note) + "\n")
@@ -399,20 +402,11 @@ def time_limit_problem(out: Path, manifest: dict[str, Any], time_min: int) -> tu
     return None
 
 
-def progress_mark(out: Path) -> tuple[int, int]:
-    """What moves while a run's jobs make progress: the measurements merged, the training checkpoints saved."""
-    saved = 0
-    for path in (out / CHECKPOINTS_DIR).glob("*.pt"):  # nothing when there is no such folder
-        try:
-            saved = max(saved, path.stat().st_mtime_ns)
-        except OSError:  # deleted meanwhile: its run was recorded
-            pass
-    return len(results.measurement_ids(out)), saved
-
-
-def stop_count(out: Path, manifest: dict[str, Any]) -> int:
-    """How many times the run's jobs were stopped by a signal (time limit, scancel, preemption)."""
-    return sum(1 for e in manifest["jobs"] for note in _notes(out / e["shard"]) if "signal" in note)
+def progressed_stops(out: Path, manifest: dict[str, Any]) -> int:
+    """How many times the run's jobs were stopped by a signal (time limit, scancel, preemption) after making
+    progress: a comparison group measured whole, or a training run's checkpoint saved."""
+    return sum(1 for e in manifest["jobs"] for note in _notes(out / e["shard"])
+               if "signal" in note and note.get("progress"))
 
 
 def _replaceable(records: list[dict[str, Any]]) -> dict[tuple[str, int], Any]:

@@ -25,6 +25,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -239,12 +240,15 @@ class Runner:
         self.workers: dict[int, Worker] = {}  # process index -> its worker
         self.env: dict[str, Any] | None = None
 
-    def _worker(self, process: int = 0) -> Worker:
-        worker = self.workers.get(process)
+    def _worker(self, slot: int = 0) -> Worker:
+        """Worker ``slot`` (a point's process, or one of the training runs side by side), started if need be;
+        worker 0 logs to ``worker.log``, worker N > 0 to ``worker-N.log``."""
+        worker = self.workers.get(slot)
         if worker is None or worker.proc.poll() is not None:
-            worker = Worker(self.sweep.plugins, self.sweep.base_dir, self.out_dir / "worker.log",
-                            self.sweep.budget["threads"], JOB_STOP_SIGNALS if self.job else ())
-            self.workers[process] = worker
+            log = self.out_dir / ("worker.log" if slot == 0 else f"worker-{slot}.log")
+            worker = Worker(self.sweep.plugins, self.sweep.base_dir, log, self.sweep.budget["threads"],
+                            JOB_STOP_SIGNALS if self.job else ())
+            self.workers[slot] = worker
         return worker
 
     def _drop_worker(self, process: int) -> None:
@@ -266,10 +270,12 @@ class Runner:
             self.env = self._worker().request({"op": "env", "devices": devices, "dtypes": dtypes}, ENV_TIMEOUT_S)["env"]
         return self.env
 
-    def request_point(self, point: Point, process: int = 0) -> dict[str, Any]:
-        """Worker ``process``'s reply for one point, or a ``timeout`` / ``crashed`` reply when it has none."""
+    def request_point(self, point: Point, process: int = 0, slot: int | None = None) -> dict[str, Any]:
+        """Worker ``process``'s reply for one point (worker ``slot``'s, for runs side by side), or a ``timeout`` /
+        ``crashed`` reply when it has none."""
         timeout_s = self.sweep.budget["timeout_s"]
-        worker = self._worker(process)
+        slot = process if slot is None else slot
+        worker = self._worker(slot)
         try:
             trace = self.out_dir / TRACES_DIR / f"{point.key}.json.gz" if self.profile and process == 0 else None
             checkpoint = self.checkpoint_path(point)
@@ -280,12 +286,12 @@ class Runner:
                        "checkpoint": str(checkpoint) if checkpoint else None}
             return worker.request(request, timeout_s)
         except WorkerTimeout:
-            self._drop_worker(process)
+            self._drop_worker(slot)
             return {"status": "timeout", "message": f"no result within timeout_s = {timeout_s:g} s; "
                     "the worker was killed and replaced", "samples_s": [], "metrics": {}}
         except WorkerGone as gone:
             tail = worker.log_tail()
-            self._drop_worker(process)
+            self._drop_worker(slot)
             message = f"the worker died with {describe_exit(gone.returncode)} during this point"
             if gone.returncode == -signal.SIGKILL:
                 message += " (SIGKILL from outside: often the kernel's out-of-memory killer)"
@@ -337,27 +343,14 @@ class Runner:
             if todo:
                 env = self.environment([p for _, p, _, _ in todo])
             group_started = time.monotonic()
+            workers = self.side_by_side()
+            if workers > 1 and len(todo) > 1:
+                self._run_side_by_side(todo, env, min(workers, len(todo)), summary, progress, started)
+                todo = []
             for n, (index, point, process, group) in enumerate(todo):
                 if progress:
                     progress(n, len(todo), point, None, time.monotonic() - started)
-                started_at = datetime.now(UTC).isoformat(timespec="seconds")
-                checkpoint = self.checkpoint_path(point)
-                from_checkpoint = checkpoint is not None and checkpoint.is_file()
-                reply = self.request_point(point, process)
-                message = reply.get("message", "")
-                disk_full = message.startswith(DISK_FULL)
-                keep = checkpoint is not None and checkpoint.is_file() and (
-                    disk_full or (reply["status"] in RETRIED and not from_checkpoint))
-                if disk_full:
-                    message += "; free some space, then --resume measures it again" + (
-                        " from its last checkpoint" if keep else "")
-                elif keep:  # the worker died mid-run: its last checkpoint stays, and --resume continues from it
-                    message += "; its last checkpoint is kept: --resume continues the run from there"
-                elif checkpoint is not None and reply["status"] in RETRIED and from_checkpoint:
-                    message += "; it failed again after resuming from its checkpoint, so this is final"
-                record = make_record(point, status=reply["status"], message=message,
-                                     samples_s=reply.get("samples_s", []), metrics=reply.get("metrics", {}), env=env,
-                                     sweep=self.sweep.name, index=index, started_at=started_at, process=process)
+                record, checkpoint, keep = self._measure(index, point, process, env)
                 held.append(record)
                 last_of_group = n + 1 == len(todo) or todo[n + 1][3] != group
                 if last_of_group or not self.job or checkpoint is not None:
@@ -374,13 +367,106 @@ class Runner:
                 if progress:
                     progress(n + 1, len(todo), point, record["status"], time.monotonic() - started)
         except BaseException:  # interrupted (Ctrl-C, a stopped cluster job): the point in flight is dropped at once
-            for worker in self.workers.values():
+            for worker in list(self.workers.values()):
                 worker.kill()
             raise
         finally:
             self._close_workers()
             summary.wall_s = time.monotonic() - started
         return summary
+
+    def side_by_side(self) -> int:
+        """How many training runs go side by side: ``budget.workers``, at most the cores over ``budget.threads``
+        each (unless ``budget.oversubscribe``); 1 for a timing sweep."""
+        budget = self.sweep.budget
+        workers = budget.get("workers", 1) if self.sweep.train is not None else 1
+        if budget.get("oversubscribe"):
+            return workers
+        return max(1, min(workers, (os.cpu_count() or 1) // max(1, budget.get("threads", 0))))
+
+    def _measure(self, index: int, point: Point, process: int, env: dict[str, Any],
+                 slot: int | None = None) -> tuple[dict[str, Any], Path | None, bool]:
+        """One point measured (in worker ``slot``, default: the process's): its record, its checkpoint path and
+        whether the checkpoint is kept (the run is to go on from it)."""
+        started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        checkpoint = self.checkpoint_path(point)
+        from_checkpoint = checkpoint is not None and checkpoint.is_file()
+        reply = self.request_point(point, process, slot)
+        message = reply.get("message", "")
+        disk_full = message.startswith(DISK_FULL)
+        keep = checkpoint is not None and checkpoint.is_file() and (
+            disk_full or (reply["status"] in RETRIED and not from_checkpoint))
+        if disk_full:
+            message += "; free some space, then --resume measures it again" + (
+                " from its last checkpoint" if keep else "")
+        elif keep:  # the worker died mid-run: its last checkpoint stays, and --resume continues from it
+            message += "; its last checkpoint is kept: --resume continues the run from there"
+        elif checkpoint is not None and reply["status"] in RETRIED and from_checkpoint:
+            message += "; it failed again after resuming from its checkpoint, so this is final"
+        metrics = reply.get("metrics", {})
+        if slot is not None and reply["status"] == "ok":
+            metrics = {**metrics, "side_by_side": self.side_by_side()}
+        record = make_record(point, status=reply["status"], message=message, samples_s=reply.get("samples_s", []),
+                             metrics=metrics, env=env, sweep=self.sweep.name, index=index, started_at=started_at,
+                             process=process)
+        return record, checkpoint, keep
+
+    def _run_side_by_side(self, todo: list[tuple[int, Point, int, int]], env: dict[str, Any], workers: int,
+                          summary: RunSummary, progress: ProgressFn | None, started: float) -> None:
+        """Training runs, ``workers`` at a time, each in its own worker process (``budget.workers``): each run's
+        line is written as it ends. Interrupted, the runs in flight are dropped (their checkpoints stay)."""
+        path = self.out_dir / results.RESULTS_FILE
+        lock = threading.Lock()
+        queue = iter(todo)
+        stopping = threading.Event()
+        failures: list[BaseException] = []
+        count = {"started": 0, "done": 0}
+
+        def work(slot: int) -> None:
+            try:
+                while not stopping.is_set():
+                    with lock:
+                        item = next(queue, None)
+                        if item is None:
+                            return
+                        index, point, process, _ = item
+                        if progress:
+                            progress(count["done"], len(todo), point, None, time.monotonic() - started)
+                    record, checkpoint, keep = self._measure(index, point, process, env, slot)
+                    if stopping.is_set():  # its worker was killed by the interrupt: not a result
+                        return
+                    with lock:
+                        results.append(path, record)
+                        if checkpoint is not None and not keep:
+                            checkpoint.unlink(missing_ok=True)
+                        summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
+                        count["done"] += 1
+                        self.groups_done += 1
+                        if progress:
+                            progress(count["done"], len(todo), point, record["status"], time.monotonic() - started)
+            except BaseException as exc:  # a worker that cannot start, a full disk: the run stops, saying why
+                failures.append(exc)
+                stopping.set()
+
+        threads = [threading.Thread(target=work, args=(slot,), name=f"tlstm-worker-{slot}", daemon=True)
+                   for slot in range(workers)]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)  # in short waits: Ctrl-C and a job's stop signal reach this thread
+        except BaseException:
+            stopping.set()
+            for worker in list(self.workers.values()):
+                worker.kill()
+            for thread in threads:
+                thread.join(10)
+            raise
+        if failures:
+            for worker in list(self.workers.values()):
+                worker.kill()
+            raise failures[0]
 
 
 @contextmanager

@@ -79,6 +79,7 @@ BUDGET: dict[str, tuple[str, Any, Any]] = {
     "threads": ("int", (0, 1024), 0),  # and at most the machine's cores, unless oversubscribe = true
     "oversubscribe": ("bool", None, False),
     "processes": ("int", (1, 16), 1),
+    "workers": ("int", (1, 64), 1),  # training runs side by side, each in its own worker (training sweeps only)
 }
 SEED_RANGE = (0, 2**32 - 1)
 # A training sweep's [train] table: field -> (kind, rule, default); a None default is required (the task)
@@ -102,6 +103,9 @@ TRAIN: dict[str, tuple[str, Any, Any]] = {
 # these sizes; a training sweep's sequences, batch and input come from its task.
 TIMING_ONLY_AXES = axes.names(axes.TIMING)
 TIMING_ONLY_BUDGET = ("repeats", "min_time_s", "warmup", "energy", "processes")
+# Timings taken side by side disturb each other; training runs only slow each other (their samples to solve,
+# accuracy and curves do not change), so only a training sweep may run several points at once.
+TRAINING_ONLY_BUDGET = ("workers",)
 TRAINING_ONLY_AXES = axes.names(axes.TRAINING)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 TOP_LEVEL = ("name", "description", "implementations", "pair", "seed", "plugins", "budget", "axes", "train")
@@ -192,6 +196,11 @@ class Sweep:
                 sweep.pair = "params"
         else:
             misplaced = [f"axes.{a}" for a in TRAINING_ONLY_AXES if a in axes]
+            misplaced += [f"budget.{b}" for b in TRAINING_ONLY_BUDGET if b in budget]
+            if misplaced and misplaced[0].startswith("budget."):
+                raise SweepError(source, misplaced[0], "only for training sweeps (with a [train] table): timings "
+                                 "taken side by side disturb each other; use budget.processes to measure in "
+                                 "several processes, one after another")
             if misplaced:
                 raise SweepError(source, misplaced[0], "only for training sweeps (with a [train] table): the parameter "
                                  "budget each trained model's width is chosen for; a timing sweep with pair = "
@@ -284,6 +293,11 @@ class Sweep:
                 raise SweepError(source, "axes.params", 'a parameter budget needs pair = "params"; with pair = "depth" '
                                  "every model has the width in axes.channels")
         cores = os.cpu_count() or 1
+        workers = self.budget.get("workers", 1)
+        if workers > 1 and self.budget.get("threads", 0) == 0 and not self.budget.get("oversubscribe"):
+            raise SweepError(source, "budget.workers", f"{workers} runs side by side with budget.threads = 0 (torch's "
+                             "default: every core) would each use all the cores; set budget.threads = 1 (or "
+                             "budget.oversubscribe = true)")
         if self.budget.get("threads", 0) > cores and not self.budget.get("oversubscribe"):
             raise SweepError(source, "budget.threads", f"this machine has {cores} cores; threads must be from 0 "
                              f"(torch's default) to {cores}, got {self.budget['threads']} (set budget.oversubscribe "
@@ -306,7 +320,7 @@ class Sweep:
             if sweep.train is not None and (key in TIMING_ONLY_AXES or key in TIMING_ONLY_BUDGET):
                 raise SweepError(source, key, "only for timing sweeps; this is a training sweep ([train]): its "
                                  "sequences, batch and input come from its task (set train.batch for the batch)")
-            if sweep.train is None and key in TRAINING_ONLY_AXES:
+            if sweep.train is None and (key in TRAINING_ONLY_AXES or key in TRAINING_ONLY_BUDGET):
                 raise SweepError(source, key, "only for training sweeps (with a [train] table)")
             if key in AXES:
                 if key in SIZE_AXES:  # the size axis is replaced, not added beside the other one
@@ -481,7 +495,7 @@ class Sweep:
             "seed": self.seed,
             "plugins": self.plugins,
             "budget": {k: v for k, v in self.budget.items()
-                       if not (self.train is not None and k in TIMING_ONLY_BUDGET)},
+                       if not (k in TIMING_ONLY_BUDGET if self.train is not None else k in TRAINING_ONLY_BUDGET)},
             "axes": self.axis_values(),
             "overrides": self.overrides,
             "base_dir": self.base_dir,

@@ -294,7 +294,7 @@ def judge_time_to_solve(runs: pd.DataFrame) -> Claim:
             "wins, does not hold where the stacked LSTM wins, undecided otherwise; not measured where no depth has "
             "both")
     tally = _Tally("Faster in practice", rule)
-    for title, _, found in _setting_groups(runs):
+    for title, rows, found in _setting_groups(runs):
         solved = [g for g in found.values() if g.all_solved and math.isfinite(g.mean_time)]
         both = sorted({g.depth for g in solved if g.family == "tlstm"}
                       & {g.depth for g in solved if g.family == "lstm"})
@@ -309,6 +309,9 @@ def judge_time_to_solve(runs: pd.DataFrame) -> Claim:
         tally.data.append({"setting": title, "depth": depth, "tlstm": tl.label, "lstm": ls.label, "verdict": verdict,
                            "comparison": c})
         line = f"at L={fmt_depth(depth)}, {tl.label} vs {ls.label}: {_said(tally.data[-1])}; {c.text}"
+        side = rows["side_by_side"].max() if "side_by_side" in rows else None
+        if side is not None and side > 1:  # budget.workers: the runs shared the machine, so slowed each other
+            line += f" (trained {int(side)} runs side by side: each time includes the others' load)"
         tally.details.append(f"{title}: {line}")
         tally.judged(verdict, f"{title}: {line}")
     return tally.finish("Faster in practice (time to solve at the largest depth both solved)",
