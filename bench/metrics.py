@@ -29,4 +29,5 @@ METRICS: dict[str, str] = {
     "time_to_solve_s": "number", "samples_seen": "number", "train_time_s": "number", "step_time_s": "number",
     "final_loss": "number", "final_symbol_acc": "number", "final_sequence_acc": "number",
     "best_symbol_acc": "number", "stop_reason": "text", "resumed": "number", "curve": "data",
+    "side_by_side": "number",  # training runs at once in this sweep (budget.workers), this one included
 }  # fmt: skip

@@ -376,13 +376,14 @@ class Runner:
         return summary
 
     def side_by_side(self) -> int:
-        """How many training runs go side by side: ``budget.workers``, at most the cores over ``budget.threads``
-        each (unless ``budget.oversubscribe``); 1 for a timing sweep."""
+        """How many training runs go side by side: ``budget.workers``, at most the cores this process may use
+        over ``budget.threads`` each (unless ``budget.oversubscribe``); 1 for a timing sweep."""
         budget = self.sweep.budget
         workers = budget.get("workers", 1) if self.sweep.train is not None else 1
         if budget.get("oversubscribe"):
             return workers
-        return max(1, min(workers, (os.cpu_count() or 1) // max(1, budget.get("threads", 0))))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(workers, cores // max(1, budget.get("threads", 0))))
 
     def _measure(self, index: int, point: Point, process: int, env: dict[str, Any],
                  slot: int | None = None) -> tuple[dict[str, Any], Path | None, bool]:

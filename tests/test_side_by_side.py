@@ -42,6 +42,7 @@ def test_runs_side_by_side_give_the_same_runs_as_one_at_a_time(tmp_path):
     records = results.read_records(tmp_path / "two")
     assert len(records) == len({r["key"] for r in records}) == 4
     assert {r["metrics"].get("side_by_side") for r in records} == {2}
+    assert (results.load(tmp_path / "two")["side_by_side"] == 2).all()  # a column the report reads
     assert _curves(tmp_path / "one") == _curves(tmp_path / "two")  # seeded, one thread each: the same runs
     assert (tmp_path / "two" / "worker-1.log").exists()
 
