@@ -2,7 +2,7 @@
 directory (its own munge key and socket, its own ports, no accounting database), and stopped again, killing
 only what it started.
 
-    python -m tests.slurm_cluster DIR    # start one by hand; prints the SLURM_CONF to export; Ctrl-C stops it
+    python -m tests.slurm_cluster DIR    # start one by hand; prints the SLURM_CONF to export; Ctrl-C or kill stops it
 """
 
 from __future__ import annotations
@@ -209,7 +209,14 @@ def _environ_has(pid: int, text: str) -> bool:
         return False
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    # SIGINT (Ctrl-C; ignored by default in a background job) or SIGTERM (kill) stop the cluster cleanly
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     with Cluster(Path(sys.argv[1])) as cluster:
         print(f"export SLURM_CONF={cluster.conf}", flush=True)
         try:
