@@ -440,7 +440,6 @@ def _collect(args: argparse.Namespace, out: Path, *, wait: bool) -> int:
         except ClusterError as exc:
             stuck = str(exc)
             break
-    todo, _ = cluster.missing(out, sweep, manifest)
     df = results.load(out)
     why = stuck or (f"their jobs ended without finishing (logs in {out / cluster.JOBS_DIR}); `tlstm-bench collect "
                     f"{out}` resubmits them")

@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,11 +63,12 @@ class JobStopped(BaseException):
 
 
 SIGNAL_EARLY_S = 60  # sbatch(1): "the signal may be sent up to 60 seconds earlier than specified"
+SIGNAL_DELAY_MAX_S = 90
 
 
 def signal_delay_s(time_min: int) -> int:
     """How long before its time limit a job is told to stop (SIGUSR2): 90 s, less for a limit under 8 minutes."""
-    return min(90, max(15, time_min * 60 // 5))
+    return min(SIGNAL_DELAY_MAX_S, max(15, time_min * 60 // 5))
 
 
 @dataclass
@@ -249,8 +251,6 @@ def slurm_states(job_ids: list[str]) -> dict[str, str] | None:
         if "invalid job id" in listed.stderr.lower():  # none of them is known any more: all ended
             return {}
         why = (listed.stderr.strip().splitlines() or [f"exit code {listed.returncode}"])[-1]
-    import warnings
-
     warnings.warn(f"squeue cannot say which jobs still run ({why[:200]}); counting them as running", stacklevel=2)
     return None
 
@@ -349,9 +349,10 @@ def merge_shards(out: Path) -> int:
                     continue  # merged already (itself, read again), or merged final
             fresh.append(record)
             have.add(ident)
-            if replaceable is not None:
-                replaceable.update(_replaceable([record]))
-                if not retriable(record, None):
+            if replaceable is not None:  # kept as _replaceable would find it with this record appended
+                if retriable(record, None):
+                    replaceable[ident] = record.get("started_at")
+                else:
                     replaceable.pop(ident, None)
         if fresh:
             results.append(out, *fresh)  # which cuts a torn last line of results.jsonl off first
@@ -396,7 +397,7 @@ def time_limit_problem(out: Path, manifest: dict[str, Any], time_min: int) -> tu
                 f"comparison group whole, so a job with --time-min {time_min} would end the same way",
                 2 * int(note["time_min"]))
     if longest and longest > usable_s:
-        needed = -(-(longest + 90 + SIGNAL_EARLY_S) // 60)  # whole minutes: the group, the signal's lead, slack
+        needed = -(-(longest + SIGNAL_DELAY_MAX_S + SIGNAL_EARLY_S) // 60)  # whole minutes: group, signal's lead, slack
         return (f"the longest comparison group so far took {longest / 60:.1f} min, and a job with --time-min "
                 f"{time_min} has about {max(usable_s, 0) / 60:.1f} min before it is told to stop", int(needed))
     return None

@@ -251,8 +251,8 @@ class Runner:
             self.workers[slot] = worker
         return worker
 
-    def _drop_worker(self, process: int) -> None:
-        worker = self.workers.pop(process, None)
+    def _drop_worker(self, slot: int) -> None:
+        worker = self.workers.pop(slot, None)
         if worker is not None:
             worker.kill()
             worker.close()
@@ -338,34 +338,13 @@ class Runner:
         todo = [(i, p, process, g) for i, p, process, g in schedule if (p.key, process) not in done]
         summary = RunSummary(self.out_dir, total=len(schedule), skipped=len(schedule) - len(todo))
         started = time.monotonic()
-        held: list[dict[str, Any]] = []  # a cluster job's records of the timing group in progress
         try:
-            if todo:
-                env = self.environment([p for _, p, _, _ in todo])
-            group_started = time.monotonic()
+            env = self.environment([p for _, p, _, _ in todo]) if todo else {}
             workers = self.side_by_side()
             if workers > 1 and len(todo) > 1:
-                self._run_side_by_side(todo, env, min(workers, len(todo)), summary, progress, started)
-                todo = []
-            for n, (index, point, process, group) in enumerate(todo):
-                if progress:
-                    progress(n, len(todo), point, None, time.monotonic() - started)
-                record, checkpoint, keep = self._measure(index, point, process, env)
-                held.append(record)
-                last_of_group = n + 1 == len(todo) or todo[n + 1][3] != group
-                if last_of_group or not self.job or checkpoint is not None:
-                    with _stops_held(self.job):
-                        results.append(path, *held)
-                        if checkpoint is not None and not keep:  # the run is recorded: its state is not needed
-                            checkpoint.unlink(missing_ok=True)
-                    held.clear()
-                if last_of_group:
-                    self.groups_done += 1
-                    self.longest_group_s = max(self.longest_group_s, time.monotonic() - group_started)
-                    group_started = time.monotonic()
-                summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
-                if progress:
-                    progress(n + 1, len(todo), point, record["status"], time.monotonic() - started)
+                self._run_side_by_side(path, todo, env, min(workers, len(todo)), summary, progress, started)
+            else:
+                self._run_in_turn(path, todo, env, summary, progress, started)
         except BaseException:  # interrupted (Ctrl-C, a stopped cluster job): the point in flight is dropped at once
             for worker in list(self.workers.values()):
                 worker.kill()
@@ -374,6 +353,37 @@ class Runner:
             self._close_workers()
             summary.wall_s = time.monotonic() - started
         return summary
+
+    def _write(self, path: Path, records: list[dict[str, Any]], checkpoint: Path | None, keep: bool,
+               summary: RunSummary) -> None:
+        """Append records (whole, in a cluster job), then drop the checkpoint of a run they record as ended."""
+        with _stops_held(self.job):
+            results.append(path, *records)
+            if checkpoint is not None and not keep:  # the run is recorded: its state is no longer needed
+                checkpoint.unlink(missing_ok=True)
+        for record in records:
+            summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
+
+    def _run_in_turn(self, path: Path, todo: list[tuple[int, Point, int, int]], env: dict[str, Any],
+                     summary: RunSummary, progress: ProgressFn | None, started: float) -> None:
+        """The points one after another; in a cluster job a timing group's records are written once it is whole."""
+        held: list[dict[str, Any]] = []  # a cluster job's records of the timing group in progress
+        group_started = time.monotonic()
+        for n, (index, point, process, group) in enumerate(todo):
+            if progress:
+                progress(n, len(todo), point, None, time.monotonic() - started)
+            record, checkpoint, keep = self._measure(index, point, process, env)
+            held.append(record)
+            last_of_group = n + 1 == len(todo) or todo[n + 1][3] != group
+            if last_of_group or not self.job or checkpoint is not None:
+                self._write(path, held, checkpoint, keep, summary)
+                held = []
+            if last_of_group:
+                self.groups_done += 1
+                self.longest_group_s = max(self.longest_group_s, time.monotonic() - group_started)
+                group_started = time.monotonic()
+            if progress:
+                progress(n + 1, len(todo), point, record["status"], time.monotonic() - started)
 
     def side_by_side(self) -> int:
         """How many training runs go side by side: ``budget.workers``, at most the cores this process may use
@@ -412,16 +422,15 @@ class Runner:
                              process=process)
         return record, checkpoint, keep
 
-    def _run_side_by_side(self, todo: list[tuple[int, Point, int, int]], env: dict[str, Any], workers: int,
-                          summary: RunSummary, progress: ProgressFn | None, started: float) -> None:
+    def _run_side_by_side(self, path: Path, todo: list[tuple[int, Point, int, int]], env: dict[str, Any],
+                          workers: int, summary: RunSummary, progress: ProgressFn | None, started: float) -> None:
         """Training runs, ``workers`` at a time, each in its own worker process (``budget.workers``): each run's
         line is written as it ends. Interrupted, the runs in flight are dropped (their checkpoints stay)."""
-        path = self.out_dir / results.RESULTS_FILE
         lock = threading.Lock()
         queue = iter(todo)
         stopping = threading.Event()
         failures: list[BaseException] = []
-        count = {"started": 0, "done": 0}
+        count = {"done": 0}
 
         def work(slot: int) -> None:
             try:
@@ -437,10 +446,7 @@ class Runner:
                     if stopping.is_set():  # its worker was killed by the interrupt: not a result
                         return
                     with lock:
-                        results.append(path, record)
-                        if checkpoint is not None and not keep:
-                            checkpoint.unlink(missing_ok=True)
-                        summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
+                        self._write(path, [record], checkpoint, keep, summary)
                         count["done"] += 1
                         self.groups_done += 1
                         if progress:

@@ -196,15 +196,15 @@ class Sweep:
                 sweep.pair = "params"
         else:
             misplaced = [f"axes.{a}" for a in TRAINING_ONLY_AXES if a in axes]
-            misplaced += [f"budget.{b}" for b in TRAINING_ONLY_BUDGET if b in budget]
-            if misplaced and misplaced[0].startswith("budget."):
-                raise SweepError(source, misplaced[0], "only for training sweeps (with a [train] table): timings "
-                                 "taken side by side disturb each other; use budget.processes to measure in "
-                                 "several processes, one after another")
             if misplaced:
                 raise SweepError(source, misplaced[0], "only for training sweeps (with a [train] table): the parameter "
                                  "budget each trained model's width is chosen for; a timing sweep with pair = "
                                  '"params" gives each stacked LSTM the parameter count of its tLSTM')
+            misplaced = [f"budget.{b}" for b in TRAINING_ONLY_BUDGET if b in budget]
+            if misplaced:
+                raise SweepError(source, misplaced[0], "only for training sweeps (with a [train] table): timings "
+                                 "taken side by side disturb each other; use budget.processes to measure in "
+                                 "several processes, one after another")
         sweep.budget = {k: default for k, (_, _, default) in BUDGET.items()}
         for key, value in budget.items():
             sweep._set_scalar(source, f"budget.{key}", value)

@@ -4,6 +4,7 @@ refused where it cannot work; interrupted, the runs in flight go on from their c
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from tests.conftest import tiny_sweep_text, tiny_training_sweep_text
 from tests.test_capacity import RESUME_SWEEP
 
 CLI = Path(sys.executable).parent / "tlstm-bench"
-TWO_CORES = pytest.mark.skipif((__import__("os").cpu_count() or 1) < 2, reason="runs side by side need 2 cores")
+TWO_CORES = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="runs side by side need 2 cores")
 
 
 def _run(sweep: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
