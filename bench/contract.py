@@ -112,7 +112,9 @@ class TrainSpec:
     ``eval_samples`` held-out sequences. The run stops when the held-out symbol accuracy reaches
     ``solve_at`` (solved; when ``stop_when_solved``), after ``max_samples`` or after ``max_time_s`` of
     training. ``params_budget``: the total parameter count the width was chosen for (None when the sweep
-    gave the width).
+    gave the width). ``mem_self_logit``: the tLSTM memory kernel's self-tap logit bias at the start
+    (``implementations.tlstm_naive.TLSTMNaive.start_memory_kernel``); None in records written before it was a
+    setting (those runs started with every logit bias drawn near 0).
     """
 
     task: str
@@ -127,6 +129,7 @@ class TrainSpec:
     solve_at: float
     stop_when_solved: bool
     params_budget: int | None
+    mem_self_logit: float | None = None
 
     @classmethod
     def settings(cls) -> tuple[str, ...]:
@@ -138,13 +141,14 @@ class TrainSpec:
         """From a train dict: the task, the settings, and the task's sizes as fields of their own."""
         from .tasks import size_names
 
-        required = ("task", *cls.settings())
+        optional = ("mem_self_logit",)  # absent from records written before it was a setting
+        required = ("task", *(k for k in cls.settings() if k not in optional))
         if not isinstance(data, dict) or not set(required) <= set(data) \
-                or not set(data) - set(required) <= set(size_names()) | set(ALWAYS_TRAIN_SIZES):
+                or not set(data) - set(required) <= set(size_names()) | set(ALWAYS_TRAIN_SIZES) | set(optional):
             raise ContractError(f"a point's train settings need exactly the fields {', '.join(required)} and the "
                                 f"task's sizes; got {sorted(data) if isinstance(data, dict) else type(data).__name__}")
-        sizes = tuple(sorted((k, v) for k, v in data.items() if k not in required and v is not None))
-        return cls(task=data["task"], sizes=sizes, **{k: data[k] for k in cls.settings()})
+        sizes = tuple(sorted((k, v) for k, v in data.items() if k not in (*required, *optional) and v is not None))
+        return cls(task=data["task"], sizes=sizes, **{k: data.get(k) for k in cls.settings()})
 
     def __getattr__(self, name: str) -> Any:
         """A task size as an attribute (``spec.digits``); None for a size its task does not have."""

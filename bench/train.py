@@ -80,6 +80,8 @@ def build_task_model(point: Point) -> tuple[TaskModel, Task]:
     assert point.train is not None
     task = task_of(point.train)
     core, _ = build_point(point)  # the suite's one way to build a point's model (seeded from point.seed)
+    if point.train.mem_self_logit is not None and hasattr(core, "start_memory_kernel"):
+        core.start_memory_kernel(point.train.mem_self_logit)
     return TaskModel(core, task.input_symbols, point.channels, task.output_symbols), task
 
 

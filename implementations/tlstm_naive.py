@@ -57,6 +57,13 @@ def channel_norm(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return (z - mean) / torch.sqrt(var + CN_EPS) * weight + bias
 
 
+# The memory kernel's start (a choice: the paper and its spec state only that the kernel is a softmax over its
+# taps): the self tap's logit bias, so a cell starts by keeping its own value as an LSTM's does. With every
+# logit near 0 the kernel starts as an average of each cell and its neighbours', which stalled learning in
+# the capacity pilot (reports/examples/cpu-capacity-long/README.md).
+MEM_SELF_LOGIT = 3.0
+
+
 class TLSTMNaive(nn.Module):
     """Tensorized LSTM, reference implementation (see the module docstring for the equations).
 
@@ -124,7 +131,8 @@ class TLSTMNaive(nn.Module):
         return self.config.layers
 
     def reset_parameters(self) -> None:
-        """Uniform(-1/sqrt(M), 1/sqrt(M)) for weights and biases, as nn.LSTM does; CN scale 1, shift 0."""
+        """Uniform(-1/sqrt(M), 1/sqrt(M)) for weights and biases, as nn.LSTM does; CN scale 1, shift 0; the
+        memory kernel starts near the identity (``start_memory_kernel(MEM_SELF_LOGIT)``)."""
         bound = 1.0 / math.sqrt(self.config.channels)
         for name in ("weight_x", "bias_x", "weight_h", "bias_h"):
             nn.init.uniform_(getattr(self, name), -bound, bound)
@@ -133,6 +141,25 @@ class TLSTMNaive(nn.Module):
             nn.init.zeros_(self.cn_a_bias)
             nn.init.ones_(self.cn_c_weight)
             nn.init.zeros_(self.cn_c_bias)
+        self.start_memory_kernel(MEM_SELF_LOGIT)
+
+    @property
+    def self_tap(self) -> int:
+        """The memory-kernel tap that reads a location's own cell: d_up (2D), d_up*K + d_up (3D)."""
+        k, d_up = self.config.kernel_size, self.config.kernel_size // 2
+        return d_up if self.config.dims == 2 else d_up * k + d_up
+
+    def start_memory_kernel(self, self_logit: float) -> None:
+        """Set the memory-kernel logits' biases (``bias_h[4M:]``): 0 for every tap, ``self_logit`` for the self
+        tap, so the softmax kernel starts with weight e^s / (e^s + taps - 1) on the cell's own value (0.91 for
+        K = 3 in 2D at s = 3, 0.72 for the 3D tLSTM's 9 taps) instead of averaging it with its neighbours'
+        (s = 0). No-op without the memory-cell convolution."""
+        if not self.config.mem_conv:
+            return
+        m = self.config.channels
+        with torch.no_grad():
+            self.bias_h[4 * m:].zero_()
+            self.bias_h[4 * m + self.self_tap] = self_logit
 
     def extra_repr(self) -> str:
         c = self.config

@@ -182,12 +182,15 @@ def test_set_switches_the_task_whatever_the_order():
 
 def test_shipped_capacity_sweeps_expand():
     quick = load_sweep("capacity").points()
-    assert len(quick) == 72 and {p.depth for p in quick} == {1, 2, 4, 8} and {p.seed for p in quick} == {0, 1, 2}
+    assert len(quick) == 120 and {p.depth for p in quick} == {1, 2, 4, 8} and {p.seed for p in quick} == set(range(5))
     assert {p.impl for p in quick} == {"tlstm_fused", "lstm_cudnn", "lstm_shared"}
     assert {(p.kernel_size, p.mem_conv, p.norm) for p in quick if p.family == "tlstm"} == {
         (3, True, None), (3, False, None), (2, True, None), (3, True, "cn")}
     paper = load_sweep("capacity-paper").points(cuda_available=True)
     assert {p.train.digits for p in paper} == {15} and {p.depth for p in paper} == {1, 4, 7, 10}
+    long = load_sweep("capacity-long").points()
+    assert len(long) == 90 and "3D tLSTM+CN" in {p.variant() for p in long}
+    assert {p.train.mem_self_logit for p in long} == {3.0} and {p.seed for p in long} == set(range(5))
 
 
 # ---------------------------------------------------------------------------------------------------

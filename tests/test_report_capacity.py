@@ -1,6 +1,7 @@
-"""The capacity half of the report, from hand-built training rows: the seed rule, the claims it decides (where
-the tLSTM wins, where the stacked LSTM wins, where seeds overlap, with one seed), the solve table, the
-failures (diverged runs with their samples seen), and reports of training-only and mixed frames."""
+"""The capacity half of the report, from hand-built training rows: the seed rule (a log-rank test on censored
+samples to solve, final accuracy where no run solved), the claims it decides (where the tLSTM wins, where the
+stacked LSTM wins, where no difference is detected, with too few seeds), the solve table, the failures
+(diverged runs with their samples seen), and reports of training-only and mixed frames."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import pytest
 import reports
 from reports.capacity import (
     A_WINS,
-    ACC_MARGIN,
     B_WINS,
     ONE_SEED,
     OVERLAP,
@@ -33,7 +33,7 @@ from tests.report_synthetic import lstm_params, make_results, tlstm_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DEPTHS = (1, 2, 4, 8)
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3)  # the fewest with which the seed rule can decide (p = 2 / 70 at complete separation)
 INPUT_SIZE = 12  # one-hot digits and markers
 OUTPUTS = 12
 BUDGET = 20_000
@@ -143,7 +143,7 @@ def lstm_wins(label: str, depth: int, seed: int) -> dict[str, Any]:
 
 def overlapping(label: str, depth: int, seed: int) -> dict[str, Any]:
     """Seeds that disagree: at every depth the tLSTM's and the stacked LSTM's seed ranges overlap."""
-    spread = (0.70, 0.90, 0.80) if label in (TL, TL_M) else (0.85, 0.75, 0.88)
+    spread = (0.70, 0.90, 0.80, 0.86) if label in (TL, TL_M) else (0.85, 0.75, 0.88, 0.79)
     return {"acc": spread[seed] + 0.01 * depth / 8}
 
 
@@ -164,48 +164,56 @@ def _group(runs: list[dict[str, Any]], label: str = "x", family: str = "tlstm") 
     return Group(label, family, float(rows["depth"].iloc[0]), rows)
 
 
-def test_seed_rule_needs_disjoint_ranges_and_a_margin():
-    a = _group([run("tlstm_fused", 4, s, acc=v) for s, v in enumerate((0.90, 0.92))])
-    b = _group([run("lstm_cudnn", 4, s, acc=v) for s, v in enumerate((0.80, 0.85))], family="lstm")
-    assert compare_groups(a, b).outcome == A_WINS and compare_groups(b, a).outcome == B_WINS
-    assert compare_groups(a, b).metric == "final held-out symbol accuracy"
-    overlap = _group([run("lstm_cudnn", 4, s, acc=v) for s, v in enumerate((0.80, 0.91))], family="lstm")
-    assert compare_groups(a, overlap).outcome == OVERLAP and "seeds overlap" in compare_groups(a, overlap).text
-    # disjoint but the means only ACC_MARGIN / 2 apart: not decided
-    close = _group([run("lstm_cudnn", 4, s, acc=v) for s, v in enumerate((0.905, 0.90))], family="lstm")
-    near = _group([run("tlstm_fused", 4, s, acc=v) for s, v in enumerate((0.91, 0.906))])
-    assert abs(0.908 - 0.9025) < ACC_MARGIN
-    c = compare_groups(near, close)
-    assert c.outcome == OVERLAP and "means within the margin" in c.text
-
-
-def test_seed_rule_compares_samples_only_when_every_run_of_both_solved():
-    fast = _group([run("tlstm_fused", 4, s, solved_at=v) for s, v in enumerate((20_000, 22_000))])
-    slow = _group([run("lstm_cudnn", 4, s, solved_at=v) for s, v in enumerate((30_000, 34_000))], family="lstm")
-    c = compare_groups(fast, slow)
-    assert c.outcome == A_WINS and c.metric == "samples to solve" and "20k–22k" in c.text
-    # 8% apart and disjoint: within the 10% margin
-    nearly = _group([run("lstm_cudnn", 4, s, solved_at=v) for s, v in enumerate((22_500, 23_000))], family="lstm")
-    assert compare_groups(fast, nearly).outcome == OVERLAP
-    # one unsolved seed turns the comparison to accuracy, where a solved run beats the unsolved one
-    mixed = _group([run("lstm_cudnn", 4, 0, solved_at=25_000), run("lstm_cudnn", 4, 1, acc=0.9)], family="lstm")
-    c = compare_groups(fast, mixed)
-    assert c.metric == "final held-out symbol accuracy" and c.outcome == OVERLAP  # 0.995 vs {0.995, 0.9}
-
-
-def test_seed_rule_with_one_seed_decides_nothing():
-    a = _group([run("tlstm_fused", 4, 0, acc=1.0 - 0.005)])
-    b = _group([run("lstm_cudnn", 4, s, acc=0.2) for s in SEEDS], family="lstm")
+def test_seed_rule_where_no_run_solved_compares_final_accuracy():
+    a = _group([run("tlstm_fused", 4, s, acc=v) for s, v in enumerate((0.90, 0.92, 0.91, 0.93))])
+    b = _group([run("lstm_cudnn", 4, s, acc=v) for s, v in enumerate((0.80, 0.85, 0.82, 0.83))], family="lstm")
     c = compare_groups(a, b)
-    assert c.outcome == ONE_SEED and "one seed" in c.text
+    assert c.outcome == A_WINS and compare_groups(b, a).outcome == B_WINS
+    assert c.metric == "final held-out symbol accuracy" and c.p == pytest.approx(2 / 70)
+    overlap = _group([run("lstm_cudnn", 4, s, acc=v) for s, v in enumerate((0.80, 0.93, 0.91, 0.89))], family="lstm")
+    c = compare_groups(a, overlap)
+    assert c.outcome == OVERLAP and "no difference detected" in c.text and c.reason.startswith("no difference")
 
 
-def test_a_diverged_run_counts_as_accuracy_zero_and_a_crash_not_at_all():
+def test_seed_rule_ranks_every_run_by_samples_to_solve_censoring_the_unsolved():
+    fast = _group([run("tlstm_fused", 4, s, solved_at=v) for s, v in enumerate((20_000, 22_000, 21_000, 23_000))])
+    slow = _group([run("lstm_cudnn", 4, s, solved_at=v) for s, v in enumerate((30_000, 34_000, 31_000, 33_000))],
+                  family="lstm")
+    c = compare_groups(fast, slow)
+    assert c.outcome == A_WINS and c.metric == "samples to solve" and "20k–23k" in c.text
+    assert "log-rank p = 0.0286 (exact over all 70 splits)" in c.text
+    # interleaved solve times: no difference
+    mixed_up = _group([run("lstm_cudnn", 4, s, solved_at=v) for s, v in enumerate((20_500, 21_500, 22_500, 23_500))],
+                      family="lstm")
+    assert compare_groups(fast, mixed_up).outcome == OVERLAP
+    # runs that did not solve still count, censored at the samples they used: 4 solved beat 0 solved, and
+    # one unsolved seed among solved ones keeps the comparison on samples to solve
+    never = _group([run("lstm_cudnn", 4, s, acc=0.9) for s in SEEDS], family="lstm")
+    c = compare_groups(fast, never)
+    assert c.outcome == A_WINS and c.metric == "samples to solve" and "0 of 4 solved" in c.text
+    one_short = _group([run("lstm_cudnn", 4, 0, acc=0.9)] + [run("lstm_cudnn", 4, s, solved_at=25_000 + s)
+                                                              for s in (1, 2, 3)], family="lstm")
+    c = compare_groups(fast, one_short)
+    assert c.metric == "samples to solve" and "3 of 4 solved" in c.text
+
+
+def test_seed_rule_with_too_few_seeds_decides_nothing():
+    a = _group([run("tlstm_fused", 4, s, solved_at=1_000) for s in (0, 1, 2)])
+    b = _group([run("lstm_cudnn", 4, s, acc=0.2) for s in (0, 1, 2)], family="lstm")
+    c = compare_groups(a, b)  # 3 against 3: complete separation gives p = 2 / 20 = 0.1
+    assert c.outcome == ONE_SEED and "too few seeds" in c.text and c.reason == "too few seeds"
+
+
+def test_a_diverged_run_counts_as_unsolved_at_the_budget_and_a_crash_not_at_all():
     a = _group([run("tlstm_fused", 4, s, acc=0.5) for s in SEEDS])
     b = _group([run("lstm_cudnn", 4, 0, acc=0.6), run("lstm_cudnn", 4, 1, status="diverged", samples_seen=3_200),
-                run("lstm_cudnn", 4, 2, status="crashed", samples_seen=None)], family="lstm")
+                run("lstm_cudnn", 4, 2, acc=0.55), run("lstm_cudnn", 4, 3, acc=0.62),
+                run("lstm_cudnn", 4, 4, status="crashed", samples_seen=None)], family="lstm")
     c = compare_groups(a, b)
-    assert sorted(c.b_values) == [0.0, 0.6] and c.outcome == OVERLAP
+    assert sorted(c.b_values) == [0.0, 0.55, 0.6, 0.62] and c.outcome == OVERLAP
+    solved = _group([run("tlstm_fused", 4, s, solved_at=50_000) for s in SEEDS])
+    c = compare_groups(solved, b)
+    assert c.metric == "samples to solve" and TRAIN["max_samples"] in c.b_values  # the diverged run, censored
 
 
 # --- the claims --------------------------------------------------------------------------------------
@@ -245,7 +253,7 @@ def test_overlapping_seeds_are_undecided():
     assert versus.verdict == UNDECIDED
     assert {d["verdict"] for d in versus.data} == {UNDECIDED}
     assert all(d["comparison"].outcome == OVERLAP for d in versus.data)
-    assert "seeds overlap" in " ".join(versus.details)
+    assert "no difference detected" in " ".join(versus.details)
     assert claims["Wider/Deeper"].verdict == UNDECIDED
 
 
@@ -255,7 +263,7 @@ def test_a_single_seed_is_undecided_however_large_the_gap():
         assert claims[name].verdict == UNDECIDED, name
     versus = claims["tLSTM vs stacked LSTM"]
     last = max(versus.data, key=lambda d: d["depth"])
-    assert last["comparison"].outcome == ONE_SEED and "undecided (one seed)" in versus.evidence
+    assert last["comparison"].outcome == ONE_SEED and "undecided (too few seeds)" in versus.evidence
 
 
 def test_stacked_lstm_that_also_gains_from_depth_leaves_the_depth_claim_in_part():
@@ -338,7 +346,8 @@ def test_solve_table_has_one_cell_per_model_and_depth_and_a_line_per_seed(winnin
     assert table.depths == [1.0, 2.0, 4.0, 8.0]
     rows = {r["label"]: r for r in table.rows}
     assert list(rows) == [TL, TL_M, LSTM, SHARED]
-    assert rows[TL]["cells"][8.0]["lines"] == ["seed 0: 20k / 2 s", "seed 1: 21k / 2.1 s", "seed 2: 22k / 2.2 s"]
+    assert rows[TL]["cells"][8.0]["lines"] == ["seed 0: 20k / 2 s", "seed 1: 21k / 2.1 s", "seed 2: 22k / 2.2 s",
+                                                 "seed 3: 23k / 2.3 s"]
     assert rows[LSTM]["cells"][8.0]["lines"][0] == "seed 0: not solved (best 45%)"
     m, _ = _width("tlstm_fused", 1, True)
     assert rows[TL]["sizes"].startswith(f"M={m}, ")  # the same at every depth: said once
@@ -347,7 +356,7 @@ def test_solve_table_has_one_cell_per_model_and_depth_and_a_line_per_seed(winnin
 
 
 def test_a_diverged_run_is_listed_with_its_samples_seen(tmp_path):
-    diverged = run("lstm_cudnn", 8, 3, status="diverged", samples_seen=3_200, kernel_size=None, mem_conv=None,
+    diverged = run("lstm_cudnn", 8, 4, status="diverged", samples_seen=3_200, kernel_size=None, mem_conv=None,
                    message="loss is nan at step 100")
     df = frame(tlstm_wins, extra=[diverged])
     text = reports.build_report(df, tmp_path / "r.html").read_text()
@@ -355,12 +364,12 @@ def test_a_diverged_run_is_listed_with_its_samples_seen(tmp_path):
     assert "<td>diverged</td>" in failures and "diverged at 3.2k samples" in failures
     assert "loss is nan at step 100" in failures and "1 diverged" in failures
     solve = text[text.index('<section id="capacity-solve">'):text.index('<section id="capacity-curves">')]
-    assert "seed 3: diverged at 3.2k samples" in solve
+    assert "seed 4: diverged at 3.2k samples" in solve
     # it counts as accuracy 0 among the stacked LSTM's seeds at L = 8
     runs = capacity_rows(reports.normalize(df))
     lstm_8 = Group(LSTM, "lstm", 8.0, runs[(runs["label"] == LSTM) & (runs["depth"] == 8)])
     tlstm_8 = Group(TL_M, "tlstm", 8.0, runs[(runs["label"] == TL_M) & (runs["depth"] == 8)])
-    assert sorted(compare_groups(tlstm_8, lstm_8).b_values) == pytest.approx([0.0, 0.45, 0.46, 0.47])
+    assert sorted(compare_groups(tlstm_8, lstm_8).b_values) == pytest.approx([0.0, 0.45, 0.46, 0.47, 0.48])
 
 
 # --- normalize and the split ----------------------------------------------------------------------------
@@ -368,7 +377,7 @@ def test_a_diverged_run_is_listed_with_its_samples_seen(tmp_path):
 
 def test_normalize_keeps_training_rows_whole(winning):
     df = reports.normalize(winning)
-    assert df["solved"].dtype == bool and int(df["solved"].sum()) == 6
+    assert df["solved"].dtype == bool and int(df["solved"].sum()) == 8
     assert all(isinstance(c, list) and c for c in df["curve"])
     assert set(df["variant"]) == {"tLSTM", "tLSTM-M", "sLSTM", "sLSTM (shared)"}
     assert (df.loc[df["impl"] == "lstm_shared", "variant"] == "sLSTM (shared)").all()
@@ -418,8 +427,9 @@ def test_a_mixed_frame_builds_a_report_with_both_halves(tmp_path):
     assert "diverged at 4k samples" in capacity_failures and "oom" not in capacity_failures
     pngs = sorted(p.name for p in (tmp_path / "mixed_figures").glob("*.png"))
     assert len(re.findall(r"<img ", text)) == len(pngs) > 3
-    assert pngs[:3] == ["00_capacity_accuracy.png", "01_capacity_solve.png", "02_capacity_curves.png"]
-    assert "03_headline.png" in pngs and "04_wider.png" in pngs
+    assert pngs[:4] == ["00_capacity_accuracy.png", "01_capacity_solve.png", "02_capacity_solved.png",
+                        "03_capacity_curves.png"]
+    assert "04_headline.png" in pngs and "05_wider.png" in pngs
     assert "Speed: In short" in text and "Capacity: in short" in text
 
 
@@ -442,18 +452,19 @@ def test_training_only_report_has_the_capacity_sections_and_not_the_timing_ones(
         assert f'<section id="{section}">' not in text, section
     assert "tlstm-bench run capacity --out /tmp/capacity" in text and "0123abc" in text
     assert "Wider/Deeper at a fixed budget" in text  # the headline sentence
-    assert "The seed rule." in text and "ranges do not overlap" in text
+    assert "The seed rule." in text and "log-rank test on those censored times" in text
     assert re.search(r"Wider/Deeper</b></td><td[^>]*>holds<", text)
     assert re.search(r"Faster in practice</b></td><td[^>]*>not measured<", text)
-    assert "48 training run(s), 48 ok, 6 solved" in text  # 4 models x 4 depths x 3 seeds; 2 depths x 3 solved
+    assert "64 training run(s), 64 ok, 8 solved" in text  # 4 models x 4 depths x 4 seeds; 2 depths x 4 solved
 
 
 def test_training_only_report_embeds_and_writes_its_figures(capacity_report):
     path, text = capacity_report
     srcs = re.findall(r'<img[^>]*\ssrc="([^"]*)"', text)
-    assert len(srcs) == 3 and "Not in these results" not in text
+    assert len(srcs) == 4 and "Not in these results" not in text
     pngs = sorted((path.parent / "capacity_figures").glob("*.png"))
-    assert [p.name for p in pngs] == ["00_capacity_accuracy.png", "01_capacity_solve.png", "02_capacity_curves.png"]
+    assert [p.name for p in pngs] == ["00_capacity_accuracy.png", "01_capacity_solve.png", "02_capacity_solved.png",
+                                      "03_capacity_curves.png"]
     on_disk = {p.read_bytes() for p in pngs}
     for src in srcs:
         data = base64.b64decode(src.split(",", 1)[1])

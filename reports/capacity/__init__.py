@@ -9,7 +9,9 @@ split by layer, and each layer imports only the ones before it:
   ``Group`` of runs per model, depth and setting (one per seed);
 - ``claims``: the seed rule (``SEED_RULE``, ``compare_groups``) and the claims it decides: Wider/Deeper,
   tLSTM vs stacked LSTM at each depth, Faster in practice (time to solve), the parameter facts;
-- ``figures``: accuracy vs depth, samples and time to solve vs depth, learning curves;
+- ``survival``: samples to solve as censored times: Kaplan-Meier curves, the log-rank test, the rule's power;
+- ``figures``: accuracy vs depth, samples and time to solve vs depth, fraction solved vs samples, learning
+  curves;
 - ``tables``: the samples-to-solve / time-to-solve table, one cell per model, depth and seed, and the
   failed runs.
 """
@@ -24,13 +26,10 @@ from ..claims import Claim
 from ..figures import Figure
 from .claims import (
     A_WINS,
-    ACC_MARGIN,
     B_WINS,
-    MIN_SEEDS,
     NO_RUNS,
     ONE_SEED,
     OVERLAP,
-    RELATIVE_MARGIN,
     SEED_RULE,
     Comparison,
     capacity_headline,
@@ -42,14 +41,14 @@ from .claims import (
     judge_versus,
 )  # fmt: skip
 from .data import Group, best_of, capacity_rows, fmt_acc, fmt_samples
-from .figures import fig_accuracy_vs_depth, fig_learning_curves, fig_solve_vs_depth
+from .figures import fig_accuracy_vs_depth, fig_fraction_solved, fig_learning_curves, fig_solve_vs_depth
 from .tables import SolveTable, capacity_failures, run_text, solve_tables
 
 
 @dataclass
 class Capacity:
     """The capacity half of a report: the labelled runs, the claims, the figures (accuracy vs depth, samples
-    and time to solve vs depth, learning curves) and one solve table per setting."""
+    and time to solve vs depth, fraction solved vs samples, learning curves) and one solve table per setting."""
 
     runs: pd.DataFrame
     claims: list[Claim]
@@ -64,19 +63,17 @@ class Capacity:
 def build_capacity(df: pd.DataFrame) -> Capacity:
     """The capacity half from a normalized frame (its timing rows are ignored)."""
     runs = capacity_rows(df)
-    figures = [fig_accuracy_vs_depth(runs), fig_solve_vs_depth(runs), fig_learning_curves(runs)]
+    figures = [fig_accuracy_vs_depth(runs), fig_solve_vs_depth(runs), fig_fraction_solved(runs),
+               fig_learning_curves(runs)]
     return Capacity(runs, judge_capacity(runs), figures, solve_tables(runs))
 
 
 __all__ = [
     "A_WINS",
-    "ACC_MARGIN",
     "B_WINS",
-    "MIN_SEEDS",
     "NO_RUNS",
     "ONE_SEED",
     "OVERLAP",
-    "RELATIVE_MARGIN",
     "SEED_RULE",
     "Capacity",
     "Comparison",
@@ -89,6 +86,7 @@ __all__ = [
     "capacity_rows",
     "compare_groups",
     "fig_accuracy_vs_depth",
+    "fig_fraction_solved",
     "fig_learning_curves",
     "fig_solve_vs_depth",
     "fmt_acc",

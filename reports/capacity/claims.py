@@ -34,41 +34,42 @@ from .data import (
     settings,
     span,
 )  # fmt: skip
-
-# The seed rule's margins: accuracies must differ by more than ACC_MARGIN (absolute), samples or
-# seconds to solve by more than RELATIVE_MARGIN of the worse mean; a group needs MIN_SEEDS runs.
-ACC_MARGIN = 0.01
-RELATIVE_MARGIN = 0.10
-MIN_SEEDS = 2
+from .survival import ALPHA, PERMUTATIONS, Outcomes, accuracy_test, least_p, logrank, min_seeds, outcomes
 
 SEED_RULE = (
-    "Two groups of runs A and B (for example one model at its largest depth and at its smallest, or the best "
-    "tLSTM and the best stacked LSTM at one depth) are compared by every seed's outcome. A run's outcome is its "
-    "samples to solve when every run of both groups solved, otherwise its final held-out symbol accuracy (a "
-    "diverged run counts as not solved, with accuracy 0; runs that crashed, timed out, ran out of memory or hit "
-    "an error are left out). A beats B when every seed's outcome of A is better than every seed's outcome of B "
-    f"(the ranges do not overlap) and the means differ by more than a margin: {ACC_MARGIN:g} in accuracy, or A's "
-    f"mean samples to solve more than {RELATIVE_MARGIN:.0%} below B's. B beats A likewise. Otherwise the "
-    f"comparison is undecided (the seeds overlap, or the means are within the margin). A group with fewer than "
-    f"{MIN_SEEDS} usable seeds decides nothing: undecided (one seed).")
+    "Samples to solve is a time to an event. A run that solved gives its samples to solve; a run that did not is "
+    "censored: it was still unsolved after the samples it used (a diverged run: after the whole sample budget). "
+    "Two groups of runs A and B (for example one model at its largest depth and at its smallest, or the best tLSTM "
+    "and the best stacked LSTM at one depth) are compared by a log-rank test on those censored times, every run "
+    "counted, solved or not; its two-sided p-value comes from re-dealing the runs between the groups "
+    f"(every split when there are at most {PERMUTATIONS:,}, else {PERMUTATIONS:,} random ones). A beats B when "
+    f"p < {ALPHA:g} and A solves sooner (the log-rank statistic's sign); B beats A likewise; otherwise no "
+    "difference is detected, which the claims call undecided (or, for a model against itself over depth, "
+    "saturates). Where no run of either group solved, the secondary view decides: the mean final held-out symbol "
+    f"accuracy, by the same kind of permutation test at p < {ALPHA:g}. Runs that crashed, timed out, ran out of "
+    "memory or hit an error are left out. Groups so small that even complete separation cannot reach p < "
+    f"{ALPHA:g} decide nothing (too few seeds: with equal groups that is fewer than {min_seeds()} seeds). "
+    f"The level {ALPHA:g} is per comparison, with no correction for the several comparisons of a report.")
 
 
 # --------------------------------------------------------------------------------------------------
 # the seed rule
 
-A_WINS, B_WINS, OVERLAP, ONE_SEED, NO_RUNS = "a", "b", "undecided", "one seed", "no runs"
+A_WINS, B_WINS, OVERLAP, ONE_SEED, NO_RUNS = "a", "b", "undecided", "too few seeds", "no runs"
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The seed rule applied to two groups: ``outcome`` is one of A_WINS, B_WINS, OVERLAP, ONE_SEED,
-    NO_RUNS; ``text`` the numbers that decide it."""
+    """The seed rule applied to two groups: ``outcome`` is one of A_WINS, B_WINS, OVERLAP (no difference
+    detected), ONE_SEED (too few seeds to decide), NO_RUNS; ``text`` the numbers that decide it; ``p`` the
+    p-value (nan where no test ran)."""
 
     outcome: str
     metric: str
     a_values: tuple[float, ...]
     b_values: tuple[float, ...]
     text: str
+    p: float = math.nan
 
     @property
     def decided(self) -> bool:
@@ -76,49 +77,74 @@ class Comparison:
 
     @property
     def reason(self) -> str:
-        """Why an undecided comparison is undecided: 'one seed', 'seeds overlap', ...; '' when decided."""
+        """Why an undecided comparison is undecided: 'no difference detected, p = 0.4', 'too few seeds', ...;
+        '' when decided."""
         if self.outcome == OVERLAP:
-            return "means within the margin" if "means within the margin" in self.text else "seeds overlap"
-        return {ONE_SEED: "one seed", NO_RUNS: "no usable run"}.get(self.outcome, "")
+            return f"no difference detected, p = {self.p:.2g}"
+        return {ONE_SEED: "too few seeds", NO_RUNS: "no usable run"}.get(self.outcome, "")
+
+
+def _outcomes(group: Group, metric: str) -> tuple[Outcomes, list[float]]:
+    """A group's runs as censored times (samples, or seconds with metric "time") and their final accuracies."""
+    u = group.usable
+    if metric == "time":
+        solved_col, used_col, budget_key = "time_to_solve_s", "train_time_s", "max_time_s"
+    else:
+        solved_col, used_col, budget_key = "samples_to_solve", "samples_seen", "max_samples"
+    times, solved = [], []
+    for _, run in u.iterrows():
+        done = bool(run["solved"]) and pd.notna(run[solved_col])
+        budget = run["train"].get(budget_key) if isinstance(run["train"], dict) else None
+        if done:
+            times.append(float(run[solved_col]))
+        elif run["status"] == "diverged" and budget is not None:
+            times.append(float(budget))
+        else:
+            times.append(float(run[used_col]) if pd.notna(run[used_col]) else float(budget or math.nan))
+        solved.append(done)
+    return outcomes(times, solved), [float(v) for v in u["outcome_acc"]]
+
+
+def _group_text(o: Outcomes, fmt: Any) -> str:
+    """'3 of 5 solved (12.3k–15k)' or '0 of 5 solved'."""
+    done = [t for t, s in zip(o.times, o.solved) if s]
+    return f"{len(done)} of {len(o)} solved" + (f" ({span(done, fmt)})" if done else "")
 
 
 def compare_groups(a: Group, b: Group, metric: str = "outcome") -> Comparison:
-    """Group ``a`` against group ``b`` by ``SEED_RULE``. ``metric``: "outcome" (samples to solve when every
-    run of both solved, else final held-out symbol accuracy) or "time" (time to solve; both must have
-    solved in every seed)."""
-    ua, ub = a.usable, b.usable
-    if metric == "time":
-        name, column, higher, fmt = "time to solve", "time_to_solve_s", False, format_seconds
-        if not (a.all_solved and b.all_solved):
-            return Comparison(NO_RUNS, name, (), (), "not every run of both solved: no time to solve to compare")
-    elif a.all_solved and b.all_solved:
-        name, column, higher, fmt = "samples to solve", "samples_to_solve", False, fmt_samples
-    else:
-        name, column, higher, fmt = "final held-out symbol accuracy", "outcome_acc", True, fmt_acc
-    va = tuple(float(v) for v in ua[column] if pd.notna(v))
-    vb = tuple(float(v) for v in ub[column] if pd.notna(v))
-    numbers = (f"{name} {span(list(va), fmt) if va else 'n/a'} ({len(va)} seed{'s' if len(va) != 1 else ''}) vs "
-               f"{span(list(vb), fmt) if vb else 'n/a'} ({len(vb)} seed{'s' if len(vb) != 1 else ''})")
-    if not va or not vb:
-        return Comparison(NO_RUNS, name, va, vb, f"{numbers}: no usable run to compare")
-    if len(va) < MIN_SEEDS or len(vb) < MIN_SEEDS:
-        return Comparison(ONE_SEED, name, va, vb, f"{numbers}: undecided: one seed (the rule needs {MIN_SEEDS} "
-                                                  "or more per group)")
-    mean_a, mean_b = float(np.mean(va)), float(np.mean(vb))
-    if higher:
-        a_all, b_all = min(va) > max(vb), min(vb) > max(va)
-        apart = abs(mean_a - mean_b) > ACC_MARGIN
-        means = f"means {fmt(mean_a)} vs {fmt(mean_b)}"
-    else:
-        a_all, b_all = max(va) < min(vb), max(vb) < min(va)
-        apart = min(mean_a, mean_b) < (1 - RELATIVE_MARGIN) * max(mean_a, mean_b)
-        means = f"means {fmt(mean_a)} vs {fmt(mean_b)}"
-    if a_all and apart:
-        return Comparison(A_WINS, name, va, vb, f"{numbers}: {a.name} better in every seed, {means}")
-    if b_all and apart:
-        return Comparison(B_WINS, name, va, vb, f"{numbers}: {b.name} better in every seed, {means}")
-    why = "seeds overlap" if not (a_all or b_all) else "means within the margin"
-    return Comparison(OVERLAP, name, va, vb, f"{numbers}: undecided ({why}), {means}")
+    """Group ``a`` against group ``b`` by ``SEED_RULE``. ``metric``: "outcome" (samples to solve, censored;
+    final accuracy where no run solved) or "time" (training seconds to solve, censored)."""
+    name, fmt = ("time to solve", format_seconds) if metric == "time" else ("samples to solve", fmt_samples)
+    oa, acc_a = _outcomes(a, metric)
+    ob, acc_b = _outcomes(b, metric)
+    numbers = f"{name}: {a.name} {_group_text(oa, fmt)} vs {b.name} {_group_text(ob, fmt)}"
+    values_a, values_b = tuple(float(t) for t in oa.times), tuple(float(t) for t in ob.times)
+    if not len(oa) or not len(ob):
+        return Comparison(NO_RUNS, name, values_a, values_b, f"{numbers}: no usable run to compare")
+    if least_p(len(oa), len(ob)) >= ALPHA:
+        return Comparison(ONE_SEED, name, values_a, values_b,
+                          f"{numbers}: undecided: too few seeds ({len(oa)} and {len(ob)} runs cannot give p < "
+                          f"{ALPHA:g}; the rule needs {min_seeds()} or more per group)")
+    test = logrank(oa, ob)
+    if test is None:
+        if metric == "time":
+            return Comparison(NO_RUNS, name, values_a, values_b, f"{numbers}: no run solved, no time to compare")
+        p = accuracy_test(acc_a, acc_b)
+        mean_a, mean_b = float(np.mean(acc_a)), float(np.mean(acc_b))
+        said = (f"{numbers}; final held-out symbol accuracy {span(acc_a, fmt_acc)} vs {span(acc_b, fmt_acc)}, "
+                f"means {fmt_acc(mean_a)} vs {fmt_acc(mean_b)}, permutation p = {p:.3g}")
+        name = "final held-out symbol accuracy"
+        if p < ALPHA:
+            winner = A_WINS if mean_a > mean_b else B_WINS
+            return Comparison(winner, name, tuple(acc_a), tuple(acc_b),
+                              f"{said}: {(a if winner == A_WINS else b).name} more accurate", p)
+        return Comparison(OVERLAP, name, tuple(acc_a), tuple(acc_b), f"{said}: no difference detected", p)
+    said = f"{numbers}; {test.text()}"
+    if test.p < ALPHA and test.statistic != 0:
+        winner = A_WINS if test.statistic > 0 else B_WINS
+        return Comparison(winner, name, values_a, values_b,
+                          f"{said}: {(a if winner == A_WINS else b).name} solves sooner", test.p)
+    return Comparison(OVERLAP, name, values_a, values_b, f"{said}: no difference detected", test.p)
 
 
 def _combine(verdicts: list[str]) -> str:
@@ -187,9 +213,10 @@ def judge_depth_gain(runs: pd.DataFrame) -> Claim:
     rule = ("per setting (task, budget): the best tLSTM at its largest depth (" + BEST_RULE + ") against the same "
             "model at its smallest depth, and each stacked LSTM likewise, by the seed rule. A model improves where "
             "its largest depth beats its smallest, degrades where the smallest beats the largest, saturates where "
-            "the rule finds no difference with 2 or more seeds each. Holds where the tLSTM improves and every "
+            "the rule detects no difference. Holds where the tLSTM improves and every "
             "stacked LSTM saturates or degrades; in part where a stacked LSTM improves too; does not hold where the "
-            "tLSTM degrades; undecided otherwise (the tLSTM's change is undecided, or a stacked LSTM has one seed)")
+            "tLSTM degrades; undecided otherwise (the tLSTM's change is undecided, or a stacked LSTM has too few "
+            "seeds)")
     tally = _Tally("Wider/Deeper", rule)
     for title, rows, found in _setting_groups(runs):
         spans: dict[str, tuple[Group, Group]] = {}
@@ -290,7 +317,7 @@ def judge_time_to_solve(runs: pd.DataFrame) -> Claim:
     rule = ("per setting (task, budget): at the largest depth where a tLSTM and a stacked LSTM each solved in "
             "every seed, the one of each family with the least mean time to solve (training wall seconds, "
             "evaluations excluded, on the machine that trained it), compared by the seed rule on time to solve "
-            f"(margin: the better mean more than {RELATIVE_MARGIN:.0%} below the other): holds where the tLSTM "
+            "(censored at the training time used): holds where the tLSTM "
             "wins, does not hold where the stacked LSTM wins, undecided otherwise; not measured where no depth has "
             "both")
     tally = _Tally("Faster in practice", rule)

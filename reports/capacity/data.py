@@ -28,8 +28,8 @@ from ..data import fmt_int, line_labels, missing, training_rows
 # Statuses whose run is an outcome of the model: it trained to the end of its budget (ok) or its loss
 # blew up (diverged). A crash, timeout, OOM or error says nothing about what the model can learn.
 USABLE = ("ok", "diverged")
-BEST_RULE = ("the best of a family at a depth: a model that solved in every seed, fewest mean samples to solve; "
-             "failing that, the highest mean final held-out symbol accuracy")
+BEST_RULE = ("the best of a family at a depth: the model that solved in the most seeds, ties broken by the fewest "
+             "mean samples to solve of its solved seeds, then by the highest mean final held-out symbol accuracy")
 HINT = "run `tlstm-bench run capacity`"
 
 
@@ -163,6 +163,16 @@ class Group:
         return float(self.usable["samples_to_solve"].mean()) if self.all_solved else math.inf
 
     @property
+    def solved_seeds(self) -> int:
+        return int(self.usable["solved"].sum())
+
+    @property
+    def mean_solved_samples(self) -> float:
+        """The mean samples to solve of the seeds that solved (inf when none did)."""
+        done = self.usable[self.usable["solved"]]["samples_to_solve"].dropna()
+        return float(done.mean()) if len(done) else math.inf
+
+    @property
     def mean_time(self) -> float:
         u = self.usable
         return float(u["time_to_solve_s"].mean()) if self.all_solved and u["time_to_solve_s"].notna().all() \
@@ -195,7 +205,7 @@ def best_of(candidates: list[Group]) -> Group | None:
     candidates = [g for g in candidates if g.seeds]
     if not candidates:
         return None
-    return min(candidates, key=lambda g: ((0, g.mean_samples) if g.all_solved else (1, -g.mean_acc), g.label))
+    return min(candidates, key=lambda g: (-g.solved_seeds, g.mean_solved_samples, -g.mean_acc, g.label))
 
 
 # --------------------------------------------------------------------------------------------------

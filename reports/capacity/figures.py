@@ -1,6 +1,7 @@
-"""The capacity half's figures: final held-out accuracy vs depth, samples and time to solve vs depth, and the
-learning curves. Every model keeps one style (colour, dash and marker, ``reports.figures.style_for``) in all
-three, its seeds' markers included, so a seed's marker says whose it is."""
+"""The capacity half's figures: final held-out accuracy vs depth, samples and time to solve vs depth, the
+fraction of runs solved vs samples (Kaplan-Meier), and the learning curves. Every model keeps one style (colour,
+dash and marker, ``reports.figures.style_for``) in all of them, its seeds' markers included, so a seed's marker
+says whose it is."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pandas as pd
 
 from ..figures import Figure, panel_grid, png, spans_decades, style_for
 from .data import HINT, fmt_acc, fmt_depth, fmt_samples, missing, models, settings
+from .survival import fraction_solved, outcomes
 
 
 def _depth_axis(ax: Any, depths: list[float]) -> None:
@@ -161,6 +163,61 @@ def fig_solve_vs_depth(runs: pd.DataFrame) -> Figure:
     return _finish(fig, legend, handles, slug, title, caption, diverged=(usable, "diverged (at what it used)"))
 
 
+def fig_fraction_solved(runs: pd.DataFrame) -> Figure:
+    """The Kaplan-Meier estimate of the fraction of seeds solved vs training samples: one panel per depth (and
+    setting), one step line per model; what the seed rule's log-rank test compares."""
+    slug, title = "capacity_solved", "Capacity: fraction of seeds solved vs samples (Kaplan-Meier)"
+    caption = ("For each model, the estimated fraction of its seeds that had solved the task (held-out symbol "
+               "accuracy at the threshold) by each number of training samples, one panel per depth. A run that did "
+               "not solve counts until the samples it used (censored; a diverged run until the whole budget), so a "
+               "line that stays flat at the right ended with unsolved runs. These curves are what the seed rule's "
+               "log-rank test compares.")
+    usable = runs[runs["usable"] & runs["depth"].notna()] if not runs.empty else runs
+    if usable.empty or usable["samples_seen"].isna().all():
+        return Figure(slug, title, caption, missing="needs training runs that finished: " + HINT)
+    panels = settings(usable)
+    depths = sorted({float(d) for d in usable["depth"]})
+    n_cols = len(depths) if len(depths) <= 3 else 2 if len(depths) == 4 else 3
+    per_setting = math.ceil(len(depths) / n_cols)
+    fig, axes, legend = panel_grid(len(panels) * per_setting, n_cols, legend_in=3.1)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    handles: dict[str, Any] = {}
+    for i, (_, setting_title, srows) in enumerate(panels):
+        for j, depth in enumerate(depths):
+            here = srows[srows["depth"] == depth]
+            if here.empty:
+                continue
+            ax = axes[i * per_setting + j // n_cols][j % n_cols]
+            ax.set_visible(True)
+            for label in models(srows):
+                mine = here[here["label"] == label]
+                if mine.empty:
+                    continue
+                style = style_for(label)
+                budget = mine["train"].map(lambda t: t.get("max_samples") if isinstance(t, dict) else None)
+                done = mine["solved"] & mine["samples_to_solve"].notna()
+                times = [float(row["samples_to_solve"]) if ok else float(b) if row["status"] == "diverged"
+                         and b is not None else float(row["samples_seen"])
+                         for (_, row), ok, b in zip(mine.iterrows(), done, budget)]
+                xs, ys = fraction_solved(outcomes(times, list(done)))
+                ax.step(xs, ys, where="post", color=style["color"], linestyle=style["linestyle"], linewidth=1.6)
+                ax.plot(xs[-1], ys[-1], color=style["color"], marker=style["marker"], markersize=5)
+                handles.setdefault(label, matplotlib.lines.Line2D([], [], color=style["color"],
+                                                                  linestyle=style["linestyle"],
+                                                                  marker=style["marker"], markersize=5))
+            ax.set_ylim(-0.03, 1.03)
+            ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_samples_formatter))
+            ax.set_xlabel("training samples seen")
+            ax.set_ylabel("fraction of seeds solved")
+            ax.grid(True, alpha=0.3)
+            ax.set_title(f"L={fmt_depth(depth)}" + (f", {setting_title}" if len(panels) > 1 else ""), fontsize=9.5)
+    if len(panels) == 1:
+        caption += f" Setting: {panels[0][1]}."
+    return _finish(fig, legend, handles, slug, title, caption)
+
+
 def fig_learning_curves(runs: pd.DataFrame) -> Figure:
     """Held-out symbol accuracy vs samples seen: one panel per depth (and setting), one line per model and seed."""
     slug, title = "capacity_curves", "Capacity: learning curves, held-out accuracy vs samples seen"
@@ -221,4 +278,4 @@ def fig_learning_curves(runs: pd.DataFrame) -> Figure:
     return _finish(fig, legend, handles, slug, title, caption)
 
 
-__all__ = ["fig_accuracy_vs_depth", "fig_learning_curves", "fig_solve_vs_depth"]
+__all__ = ["fig_accuracy_vs_depth", "fig_fraction_solved", "fig_learning_curves", "fig_solve_vs_depth"]

@@ -7,6 +7,7 @@ import pathlib
 
 from ..markup import cell, claims_html, e, figures_html, html_table
 from . import SEED_RULE, Capacity, capacity_failures, fmt_samples, run_text
+from .survival import power_text
 
 
 def _capacity_caveats_html(cap: Capacity) -> str:
@@ -43,7 +44,20 @@ def _capacityclaims_html(cap: Capacity) -> str:
             "depth than a stacked LSTM: it can be made deeper (and wider) for free, and learns the algorithmic tasks "
             "better and sooner. Each verdict below is computed from the training runs in this report, seed by seed, "
             "by the rule stated with it; whatever the runs say is the verdict.</p>"
-            f'<p><b>The seed rule.</b> {e(SEED_RULE)}</p>' + claims_html(cap.claims))
+            f'<p><b>The seed rule.</b> {e(SEED_RULE)}</p>'
+            f'<p><b>What it can tell apart here.</b> {e(_power(cap))}</p>' + claims_html(cap.claims))
+
+
+def _seeds_per_group(cap: Capacity) -> int:
+    """The usable seeds of the smallest group (model, depth, setting); 0 without runs."""
+    runs = cap.runs
+    per_group = runs[runs["usable"]].groupby(["setting", "label", "depth"]).size()
+    return int(per_group.min()) if len(per_group) else 0
+
+
+def _power(cap: Capacity) -> str:
+    n = _seeds_per_group(cap)
+    return power_text(n) if n else "No usable runs: the rule has nothing to decide."
 
 
 def _solve_tables_html(cap: Capacity) -> str:
@@ -88,7 +102,7 @@ def _capacity_failures_html(cap: Capacity) -> str:
 
 
 def capacity_sections_html(cap: Capacity, paths: dict[str, pathlib.Path], out_dir: pathlib.Path) -> str:
-    accuracy, solve, curves = cap.figures
+    accuracy, solve, solved, curves = cap.figures
     return f"""<section id="capacity-headline">
 <h2>Capacity: in short</h2>
 {_capacity_headline_html(cap)}
@@ -99,7 +113,7 @@ def capacity_sections_html(cap: Capacity, paths: dict[str, pathlib.Path], out_di
 </section>
 <section id="capacity-figures">
 <h2>Capacity figures</h2>
-{figures_html([accuracy, solve], paths, out_dir)}
+{figures_html([accuracy, solve, solved], paths, out_dir)}
 </section>
 <section id="capacity-solve">
 <h2>Samples and time to solve, per seed</h2>
@@ -107,7 +121,7 @@ def capacity_sections_html(cap: Capacity, paths: dict[str, pathlib.Path], out_di
 </section>
 <section id="capacity-curves">
 <h2>Learning curves</h2>
-{figures_html([curves], paths, out_dir, start=3)}
+{figures_html([curves], paths, out_dir, start=4)}
 </section>
 <section id="capacity-failures">
 <h2>Training runs that failed or diverged</h2>
