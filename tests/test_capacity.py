@@ -19,6 +19,7 @@ from bench import cli, results, train
 from bench.contract import Point, TrainSpec
 from bench.sweep import Sweep, SweepError, load_sweep
 from bench.tasks import TaskError, batch, make_task
+from implementations.tlstm_naive import MEM_SELF_LOGIT
 
 CLI = Path(sys.executable).parent / "tlstm-bench"
 FAKES = Path(__file__).resolve().parent / "fake_impls.py"
@@ -150,6 +151,7 @@ def test_timing_point_keys_did_not_change():
     (("[axes]", "[axes]\nkernel_size = [2]"), "axes.kernel_size", "not both"),
     (("seeds = [0, 1]", "seeds = [0, 0]"), "train.seeds", "twice"),
     (("seeds = [0, 1]", "optimizer = \"sgd\""), "train.optimizer", "adam"),
+    (("seeds = [0, 1]", "seeds = [0, 1]\nmem_self_logit = -1.0"), "train.mem_self_logit", "0"),
 ])
 def test_bad_training_sweeps_are_refused_naming_file_and_field(tmp_path, capsys, change, field, words):
     path = _write(tmp_path, TRAIN_SWEEP.replace(*change))
@@ -189,7 +191,7 @@ def test_shipped_capacity_sweeps_expand():
     paper = load_sweep("capacity-paper").points(cuda_available=True)
     assert {p.train.digits for p in paper} == {15} and {p.depth for p in paper} == {1, 4, 7, 10}
     long = load_sweep("capacity-long").points()
-    assert len(long) == 90 and "3D tLSTM+CN" in {p.variant() for p in long}
+    assert len(long) == 120 and "3D tLSTM+CN" in {p.variant() for p in long}
     assert {p.train.mem_self_logit for p in long} == {3.0} and {p.seed for p in long} == set(range(5))
 
 
@@ -210,6 +212,19 @@ def _point(impl: str = "tlstm_fused", *, depth: int = 2, channels: int = 16, len
                  seq_len=task.seq_len, batch=32, channels=channels, input_size=task.input_symbols, kernel_size=3,
                  mem_conv=True, norm=None, dtype="float32", mode="training", device="cpu", repeats=0, warmup=0,
                  seed=seed, train=spec)
+
+
+def test_the_memory_kernel_start_is_a_training_setting():
+    old = _point()  # a train dict written before the setting existed: None, and the module's own start
+    assert old.train.mem_self_logit is None and old.train.as_dict()["mem_self_logit"] is None
+    model, _ = train.build_task_model(old)
+    assert model.core.bias_h[4 * 16 + 1].item() == MEM_SELF_LOGIT
+    averaged = dataclasses.replace(old, train=dataclasses.replace(old.train, mem_self_logit=0.0))
+    model, _ = train.build_task_model(averaged)
+    assert torch.equal(model.core.bias_h[4 * 16:].detach(), torch.zeros(3))
+    assert averaged.key != old.key  # a different start is a different point
+    assert {p.train.mem_self_logit for p in load_sweep("capacity").points()} == {MEM_SELF_LOGIT}
+    assert {p.train.mem_self_logit for p in load_sweep("capacity", ["train.mem_self_logit=0"]).points()} == {0.0}
 
 
 def test_the_head_is_counted_apart_from_the_core():

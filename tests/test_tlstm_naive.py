@@ -2,13 +2,15 @@
 causality and delay, and the parameter count."""
 
 import itertools
+import math
 
 import pytest
 import torch
 from torch.func import functional_call
 
+import implementations
 from implementations import ConfigError, ModelConfig, create, tlstm_param_count
-from implementations.tlstm_naive import TLSTMNaive
+from implementations.tlstm_naive import MEM_SELF_LOGIT, TLSTMNaive
 
 from .spec_reference import spec_tlstm, spec_tlstm_3d
 
@@ -246,3 +248,33 @@ def test_dims_is_checked_where_it_enters():
         create("lstm_cudnn", input_size=3, channels=4, tensor_size=2, dims=3)
     with pytest.raises(ConfigError, match="allowed dims: 2"):
         ModelConfig(3, 4, None, depth=2, dims=3)
+
+
+TLSTM_IMPLS = [name for name in implementations.names() if implementations.get(name).family == "tlstm"]
+
+
+@pytest.mark.parametrize("impl", TLSTM_IMPLS)
+@pytest.mark.parametrize("dims, kernel_size", [(2, 2), (2, 3), (3, 2), (3, 3)])
+def test_memory_kernel_starts_near_the_identity_in_every_tlstm(impl, dims, kernel_size):
+    """The stated start: every memory-kernel logit bias 0 but the self tap's, MEM_SELF_LOGIT; so the softmax
+    kernel gives a cell's own value weight e^3 / (e^3 + taps - 1); start_memory_kernel(0) makes it an average."""
+    m = 5
+    model = create(impl, input_size=4, channels=m, tensor_size=3, kernel_size=kernel_size, dims=dims)
+    taps = kernel_size ** (dims - 1)
+    self_tap = kernel_size // 2 if dims == 2 else (kernel_size // 2) * (kernel_size + 1)
+    expected = torch.zeros(taps)
+    expected[self_tap] = MEM_SELF_LOGIT
+    assert model.self_tap == self_tap and torch.equal(model.bias_h[4 * m:].detach(), expected)
+    weight = torch.softmax(model.bias_h[4 * m:].detach(), 0)[self_tap]
+    assert weight == pytest.approx(math.exp(MEM_SELF_LOGIT) / (math.exp(MEM_SELF_LOGIT) + taps - 1))
+    gates = model.bias_h[:4 * m].detach().clone()
+    model.start_memory_kernel(0.0)
+    assert torch.equal(model.bias_h[4 * m:].detach(), torch.zeros(taps))
+    assert torch.equal(model.bias_h[:4 * m].detach(), gates)  # the gates' biases are left alone
+
+
+def test_without_memory_cell_convolution_the_start_changes_nothing():
+    model = create("tlstm_naive", input_size=4, channels=5, tensor_size=3, mem_conv=False)
+    before = model.bias_h.detach().clone()
+    model.start_memory_kernel(MEM_SELF_LOGIT)
+    assert model.bias_h.shape == (20,) and torch.equal(model.bias_h.detach(), before)

@@ -34,7 +34,7 @@ from .data import (
     settings,
     span,
 )  # fmt: skip
-from .survival import ALPHA, PERMUTATIONS, Outcomes, accuracy_test, least_p, logrank, min_seeds, outcomes
+from .survival import ALPHA, PERMUTATIONS, Outcomes, accuracy_test, least_p, logrank, min_seeds, run_outcomes
 
 SEED_RULE = (
     "Samples to solve is a time to an event. A run that solved gives its samples to solve; a run that did not is "
@@ -87,22 +87,7 @@ class Comparison:
 def _outcomes(group: Group, metric: str) -> tuple[Outcomes, list[float]]:
     """A group's runs as censored times (samples, or seconds with metric "time") and their final accuracies."""
     u = group.usable
-    if metric == "time":
-        solved_col, used_col, budget_key = "time_to_solve_s", "train_time_s", "max_time_s"
-    else:
-        solved_col, used_col, budget_key = "samples_to_solve", "samples_seen", "max_samples"
-    times, solved = [], []
-    for _, run in u.iterrows():
-        done = bool(run["solved"]) and pd.notna(run[solved_col])
-        budget = run["train"].get(budget_key) if isinstance(run["train"], dict) else None
-        if done:
-            times.append(float(run[solved_col]))
-        elif run["status"] == "diverged" and budget is not None:
-            times.append(float(budget))
-        else:
-            times.append(float(run[used_col]) if pd.notna(run[used_col]) else float(budget or math.nan))
-        solved.append(done)
-    return outcomes(times, solved), [float(v) for v in u["outcome_acc"]]
+    return run_outcomes(u, "time" if metric == "time" else "samples"), [float(v) for v in u["outcome_acc"]]
 
 
 def _group_text(o: Outcomes, fmt: Any) -> str:

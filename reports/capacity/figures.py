@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..figures import Figure, panel_grid, png, spans_decades, style_for
 from .data import HINT, fmt_acc, fmt_depth, fmt_samples, missing, models, settings
-from .survival import fraction_solved, outcomes
+from .survival import fraction_solved, run_outcomes
 
 
 def _depth_axis(ax: Any, depths: list[float]) -> None:
@@ -43,6 +43,28 @@ def _log_if_wide(ax: Any, values: list[float]) -> None:
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
             lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+
+
+def _depth_grid(n_settings: int, n_depths: int) -> tuple[Any, Any, Any, int, int]:
+    """A grid of one panel per depth and setting, at most three a row (two for four depths), every panel
+    hidden until drawn: (fig, axes, legend, columns, rows per setting)."""
+    n_cols = n_depths if n_depths <= 3 else 2 if n_depths == 4 else 3
+    per_setting = math.ceil(n_depths / n_cols)
+    fig, axes, legend = panel_grid(n_settings * per_setting, n_cols, legend_in=3.1)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    return fig, axes, legend, n_cols, per_setting
+
+
+def _fraction_vs_samples(ax: Any, ylabel: str, title: str) -> None:
+    """A panel of a fraction (0 to 100%) against training samples seen."""
+    ax.set_ylim(-0.03, 1.03)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_samples_formatter))
+    ax.set_xlabel("training samples seen")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title, fontsize=9.5)
 
 
 def _threshold(ax: Any, rows: pd.DataFrame, handles: dict[str, Any]) -> None:
@@ -177,11 +199,7 @@ def fig_fraction_solved(runs: pd.DataFrame) -> Figure:
         return Figure(slug, title, caption, missing="needs training runs that finished: " + HINT)
     panels = settings(usable)
     depths = sorted({float(d) for d in usable["depth"]})
-    n_cols = len(depths) if len(depths) <= 3 else 2 if len(depths) == 4 else 3
-    per_setting = math.ceil(len(depths) / n_cols)
-    fig, axes, legend = panel_grid(len(panels) * per_setting, n_cols, legend_in=3.1)
-    for ax in axes.flat:
-        ax.set_visible(False)
+    fig, axes, legend, n_cols, per_setting = _depth_grid(len(panels), len(depths))
     handles: dict[str, Any] = {}
     for i, (_, setting_title, srows) in enumerate(panels):
         for j, depth in enumerate(depths):
@@ -195,24 +213,14 @@ def fig_fraction_solved(runs: pd.DataFrame) -> Figure:
                 if mine.empty:
                     continue
                 style = style_for(label)
-                budget = mine["train"].map(lambda t: t.get("max_samples") if isinstance(t, dict) else None)
-                done = mine["solved"] & mine["samples_to_solve"].notna()
-                times = [float(row["samples_to_solve"]) if ok else float(b) if row["status"] == "diverged"
-                         and b is not None else float(row["samples_seen"])
-                         for (_, row), ok, b in zip(mine.iterrows(), done, budget)]
-                xs, ys = fraction_solved(outcomes(times, list(done)))
+                xs, ys = fraction_solved(run_outcomes(mine))
                 ax.step(xs, ys, where="post", color=style["color"], linestyle=style["linestyle"], linewidth=1.6)
                 ax.plot(xs[-1], ys[-1], color=style["color"], marker=style["marker"], markersize=5)
                 handles.setdefault(label, matplotlib.lines.Line2D([], [], color=style["color"],
                                                                   linestyle=style["linestyle"],
                                                                   marker=style["marker"], markersize=5))
-            ax.set_ylim(-0.03, 1.03)
-            ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_samples_formatter))
-            ax.set_xlabel("training samples seen")
-            ax.set_ylabel("fraction of seeds solved")
-            ax.grid(True, alpha=0.3)
-            ax.set_title(f"L={fmt_depth(depth)}" + (f", {setting_title}" if len(panels) > 1 else ""), fontsize=9.5)
+            where = f", {setting_title}" if len(panels) > 1 else ""
+            _fraction_vs_samples(ax, "fraction of seeds solved", f"L={fmt_depth(depth)}{where}")
     if len(panels) == 1:
         caption += f" Setting: {panels[0][1]}."
     return _finish(fig, legend, handles, slug, title, caption)
@@ -232,11 +240,7 @@ def fig_learning_curves(runs: pd.DataFrame) -> Figure:
     panels = settings(rows)
     depths = sorted({float(d) for d in rows["depth"]})
     # at most three panels a row (two for four depths), so the panels stay readable inline
-    n_cols = len(depths) if len(depths) <= 3 else 2 if len(depths) == 4 else 3
-    per_setting = math.ceil(len(depths) / n_cols)
-    fig, axes, legend = panel_grid(len(panels) * per_setting, n_cols, legend_in=3.1)
-    for ax in axes.flat:
-        ax.set_visible(False)
+    fig, axes, legend, n_cols, per_setting = _depth_grid(len(panels), len(depths))
     handles: dict[str, Any] = {}
     for i, (_, setting_title, srows) in enumerate(panels):
         names = models(srows)
@@ -266,13 +270,8 @@ def fig_learning_curves(runs: pd.DataFrame) -> Figure:
                                                                       linestyle=style["linestyle"],
                                                                       marker=style["marker"], markersize=5))
             _threshold(ax, here, handles)
-            ax.set_ylim(-0.03, 1.03)
-            ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_samples_formatter))
-            ax.set_xlabel("training samples seen")
-            ax.set_ylabel("held-out symbol accuracy")
-            ax.grid(True, alpha=0.3)
-            ax.set_title(f"L={fmt_depth(depth)}" + (f", {setting_title}" if len(panels) > 1 else ""), fontsize=9.5)
+            where = f", {setting_title}" if len(panels) > 1 else ""
+            _fraction_vs_samples(ax, "held-out symbol accuracy", f"L={fmt_depth(depth)}{where}")
     if len(panels) == 1:
         caption += f" Setting: {panels[0][1]}."
     return _finish(fig, legend, handles, slug, title, caption)

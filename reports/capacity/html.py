@@ -7,7 +7,13 @@ import pathlib
 
 from ..markup import cell, claims_html, e, figures_html, html_table
 from . import SEED_RULE, Capacity, capacity_failures, fmt_samples, run_text
-from .survival import power_text
+from .survival import min_seeds, power_text
+
+# How much two runs side by side slow each other, as measured (the capacity sweep's 72 runs of the time, once
+# one at a time and once two at a time, on this project's 2-core VM; issue 26's closing note).
+SIDE_BY_SIDE_MEASURED = ("Measured on a 2-core AMD EPYC (family 25, model 17, AVX-512): a training step two at a time "
+                         "took 1.10× its time alone (median over 72 runs; interquartile range 0.99–1.27×, extremes "
+                         "0.69–1.85×), and the whole sweep ran 1.80× faster.")
 
 
 def _capacity_caveats_html(cap: Capacity) -> str:
@@ -21,13 +27,17 @@ def _capacity_caveats_html(cap: Capacity) -> str:
     resumed = int((runs["resumed"].fillna(0) > 0).sum())
     stops = runs.loc[runs["status"] == "ok", "stop_reason"].dropna().value_counts()
     items = [
-        f"{len(runs)} training run(s); {seeds} usable seed(s) per model and depth (the rule needs 2 or more to "
-        "decide anything)",
+        f"{len(runs)} training run(s); {seeds} usable seed(s) per model and depth (the rule needs {min_seeds()} or "
+        "more to decide anything)",
         f"device: {devices}" + (f"; machine: {'; '.join(machines)}" if machines else "")
         + "; time to solve is training wall time on that machine, evaluations excluded: compare times only "
         "within one report",
         "how the finished runs stopped: " + (", ".join(f"{n} {e(s)}" for s, n in stops.items()) or "not recorded"),
     ]
+    side = runs["side_by_side"].max() if "side_by_side" in runs and runs["side_by_side"].notna().any() else None
+    if side is not None and side > 1:
+        items.append(f"runs trained {int(side)} at a time (budget.workers), one per core: each run's times include "
+                     f"the others' load. {SIDE_BY_SIDE_MEASURED} Samples to solve do not depend on it")
     if resumed:
         items.append(f"{resumed} run(s) were resumed from a checkpoint after an interruption")
     return ('<div class="caveats"><b>Read these numbers with:</b><ul>'

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import scipy.stats
 
 ALPHA = 0.05  # two-sided, per comparison
@@ -40,6 +41,25 @@ class Outcomes:
 
 def outcomes(times: list[float], solved: list[bool]) -> Outcomes:
     return Outcomes(np.asarray(times, dtype=float), np.asarray(solved, dtype=bool))
+
+
+def run_outcomes(runs: pd.DataFrame, metric: str = "samples") -> Outcomes:
+    """Training runs (capacity rows) as censored times: samples (or, with metric "time", training seconds) to
+    solve where a run solved; else what it used, or the whole budget for a run that diverged."""
+    solved_col, used_col, budget_key = (("time_to_solve_s", "train_time_s", "max_time_s") if metric == "time"
+                                        else ("samples_to_solve", "samples_seen", "max_samples"))
+    times, solved = [], []
+    for _, run in runs.iterrows():
+        done = bool(run["solved"]) and pd.notna(run[solved_col])
+        budget = run["train"].get(budget_key) if isinstance(run["train"], dict) else None
+        if done:
+            times.append(float(run[solved_col]))
+        elif run["status"] == "diverged" and budget is not None:
+            times.append(float(budget))
+        else:
+            times.append(float(run[used_col]) if pd.notna(run[used_col]) else float(budget or math.nan))
+        solved.append(done)
+    return outcomes(times, solved)
 
 
 def fraction_solved(o: Outcomes) -> tuple[np.ndarray, np.ndarray]:
@@ -160,4 +180,4 @@ def min_seeds() -> int:
 
 
 __all__ = ["ALPHA", "LogRank", "Outcomes", "accuracy_test", "fraction_solved", "least_p", "logrank",
-           "min_seeds", "outcomes", "power_text"]
+           "min_seeds", "outcomes", "power_text", "run_outcomes"]
