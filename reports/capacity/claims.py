@@ -252,7 +252,7 @@ def judge_depth_gain(runs: pd.DataFrame) -> Claim:
 
 
 def _said(entry: dict[str, Any]) -> str:
-    """A per-depth verdict in words, with the reason when undecided: 'holds', 'undecided (one seed)'."""
+    """A per-depth verdict in words, with the reason when undecided: 'holds', 'undecided (too few seeds)'."""
     words = {HOLDS: "holds", FAILS: "does not hold", UNDECIDED: "undecided"}
     reason = entry["comparison"].reason
     return words[entry["verdict"]] + (f" ({reason})" if entry["verdict"] == UNDECIDED and reason else "")
