@@ -32,6 +32,7 @@ from .data import (
     models,
     params_text,
     settings,
+    side_by_side,
     span,
 )  # fmt: skip
 from .survival import ALPHA, PERMUTATIONS, Outcomes, accuracy_test, least_p, logrank, min_seeds, run_outcomes
@@ -321,9 +322,9 @@ def judge_time_to_solve(runs: pd.DataFrame) -> Claim:
         tally.data.append({"setting": title, "depth": depth, "tlstm": tl.label, "lstm": ls.label, "verdict": verdict,
                            "comparison": c})
         line = f"at L={fmt_depth(depth)}, {tl.label} vs {ls.label}: {_said(tally.data[-1])}; {c.text}"
-        side = rows["side_by_side"].max() if "side_by_side" in rows else None
-        if side is not None and side > 1:  # budget.workers: the runs shared the machine, so slowed each other
-            line += f" (trained {int(side)} runs side by side: each time includes the others' load)"
+        side = side_by_side(rows)
+        if side > 1:  # budget.workers: the runs shared the machine, so slowed each other
+            line += f" (trained {side} runs side by side: each time includes the others' load)"
         tally.details.append(f"{title}: {line}")
         tally.judged(verdict, f"{title}: {line}")
     return tally.finish("Faster in practice (time to solve at the largest depth both solved)",

@@ -159,10 +159,6 @@ class Group:
         return float(self.usable["outcome_acc"].mean()) if self.seeds else math.nan
 
     @property
-    def mean_samples(self) -> float:
-        return float(self.usable["samples_to_solve"].mean()) if self.all_solved else math.inf
-
-    @property
     def solved_seeds(self) -> int:
         return int(self.usable["solved"].sum())
 
@@ -198,6 +194,19 @@ def groups(rows: pd.DataFrame) -> dict[tuple[str, float], Group]:
     """The groups of a setting's rows, keyed by (model, depth); rows without a depth are left out."""
     return {(str(label), float(depth)): Group(str(label), str(g["family"].iloc[0]), float(depth), g)
             for (label, depth), g in rows[rows["depth"].notna()].groupby(["label", "depth"])}
+
+
+def seeds_per_group(runs: pd.DataFrame) -> pd.Series:
+    """The usable runs (seeds) of every group: (setting, model, depth) -> count."""
+    return runs[runs["usable"]].groupby(["setting", "label", "depth"]).size()
+
+
+def side_by_side(rows: pd.DataFrame) -> int:
+    """How many runs trained at once (``budget.workers``, the ``side_by_side`` metric): the most any run
+    recorded; 1 where none did."""
+    if "side_by_side" not in rows or not rows["side_by_side"].notna().any():
+        return 1
+    return int(rows["side_by_side"].max())
 
 
 def best_of(candidates: list[Group]) -> Group | None:
@@ -245,6 +254,8 @@ __all__ = [
     "model_sizes",
     "models",
     "params_text",
+    "seeds_per_group",
     "settings",
+    "side_by_side",
     "span",
 ]

@@ -45,6 +45,17 @@ def _log_if_wide(ax: Any, values: list[float]) -> None:
             lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
 
 
+def _usable(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs the figures draw: usable (see ``capacity_rows``) and with a depth."""
+    return runs[runs["usable"] & runs["depth"].notna()] if not runs.empty else runs
+
+
+def _model_handle(style: dict[str, Any]) -> Any:
+    """A model's legend entry: its colour, dash and marker."""
+    return matplotlib.lines.Line2D([], [], color=style["color"], linestyle=style["linestyle"], marker=style["marker"],
+                                   markersize=5)
+
+
 def _depth_grid(n_settings: int, n_depths: int) -> tuple[Any, Any, Any, int, int]:
     """A grid of one panel per depth and setting, at most three a row (two for four depths), every panel
     hidden until drawn: (fig, axes, legend, columns, rows per setting)."""
@@ -92,7 +103,7 @@ def fig_accuracy_vs_depth(runs: pd.DataFrame) -> Figure:
                "mean over seeds as the line, one panel per task and budget. A cross marks a diverged run, drawn at "
                "accuracy 0 as the claims count it. The dashed line is the accuracy at which a run counts as solved. "
                "Runs that crashed, timed out or hit an error are not drawn (see the failures table).")
-    usable = runs[runs["usable"] & runs["depth"].notna()] if not runs.empty else runs
+    usable = _usable(runs)
     if usable.empty:
         return Figure(slug, title, caption, missing="needs training runs that finished: " + HINT)
     panels = settings(usable)
@@ -117,9 +128,7 @@ def fig_accuracy_vs_depth(runs: pd.DataFrame) -> Figure:
             if len(div):
                 ax.scatter([_offset(d, k, len(names)) for d in div["depth"]], div["outcome_acc"],
                            color=style["color"], marker="x", s=30, zorder=3)
-            handles.setdefault(label, matplotlib.lines.Line2D([], [], color=style["color"],
-                                                              linestyle=style["linestyle"], marker=style["marker"],
-                                                              markersize=5, label=label))
+            handles.setdefault(label, _model_handle(style))
         _threshold(ax, rows, handles)
         _depth_axis(ax, depths)
         ax.set_ylim(-0.03, 1.03)
@@ -139,7 +148,7 @@ def fig_solve_vs_depth(runs: pd.DataFrame) -> Figure:
                "line joins the means at the depths where every seed solved. Hollow markers: runs that did not "
                "solve, and crosses runs that diverged, drawn at the samples and the time they used without solving, so "
                "the true value is above them (at least this much).")
-    usable = runs[runs["usable"] & runs["depth"].notna()] if not runs.empty else runs
+    usable = _usable(runs)
     if usable.empty or not (usable["solved"].any() or usable["samples_seen"].notna().any()):
         return Figure(slug, title, caption, missing="needs training runs that finished: " + HINT)
     panels = settings(usable)
@@ -171,9 +180,7 @@ def fig_solve_vs_depth(runs: pd.DataFrame) -> Figure:
                     means = solved[solved["depth"].isin(every)].groupby("depth")[solved_col].mean().sort_index()
                     ax.plot([_offset(d, k, len(names)) for d in means.index], means.to_numpy(), color=style["color"],
                             linestyle=style["linestyle"], linewidth=1.6)
-                handles.setdefault(label, matplotlib.lines.Line2D([], [], color=style["color"],
-                                                                  linestyle=style["linestyle"],
-                                                                  marker=style["marker"], markersize=5))
+                handles.setdefault(label, _model_handle(style))
             _depth_axis(ax, depths)
             _log_if_wide(ax, values)
             if j == 0:
@@ -194,7 +201,7 @@ def fig_fraction_solved(runs: pd.DataFrame) -> Figure:
                "not solve counts until the samples it used (censored; a diverged run until the whole budget), so a "
                "line that stays flat at the right ended with unsolved runs. These curves are what the seed rule's "
                "log-rank test compares.")
-    usable = runs[runs["usable"] & runs["depth"].notna()] if not runs.empty else runs
+    usable = _usable(runs)
     if usable.empty or usable["samples_seen"].isna().all():
         return Figure(slug, title, caption, missing="needs training runs that finished: " + HINT)
     panels = settings(usable)
@@ -216,9 +223,7 @@ def fig_fraction_solved(runs: pd.DataFrame) -> Figure:
                 xs, ys = fraction_solved(run_outcomes(mine))
                 ax.step(xs, ys, where="post", color=style["color"], linestyle=style["linestyle"], linewidth=1.6)
                 ax.plot(xs[-1], ys[-1], color=style["color"], marker=style["marker"], markersize=5)
-                handles.setdefault(label, matplotlib.lines.Line2D([], [], color=style["color"],
-                                                                  linestyle=style["linestyle"],
-                                                                  marker=style["marker"], markersize=5))
+                handles.setdefault(label, _model_handle(style))
             where = f", {setting_title}" if len(panels) > 1 else ""
             _fraction_vs_samples(ax, "fraction of seeds solved", f"L={fmt_depth(depth)}{where}")
     if len(panels) == 1:
@@ -266,9 +271,7 @@ def fig_learning_curves(runs: pd.DataFrame) -> Figure:
                     else:
                         ax.plot(xs[-1], ys[-1], color=style["color"], marker=style["marker"], markersize=4.5,
                                 alpha=0.8)
-                    handles.setdefault(label, matplotlib.lines.Line2D([], [], color=style["color"],
-                                                                      linestyle=style["linestyle"],
-                                                                      marker=style["marker"], markersize=5))
+                    handles.setdefault(label, _model_handle(style))
             _threshold(ax, here, handles)
             where = f", {setting_title}" if len(panels) > 1 else ""
             _fraction_vs_samples(ax, "held-out symbol accuracy", f"L={fmt_depth(depth)}{where}")

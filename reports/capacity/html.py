@@ -7,6 +7,7 @@ import pathlib
 
 from ..markup import cell, claims_html, e, figures_html, html_table
 from . import SEED_RULE, Capacity, capacity_failures, fmt_samples, run_text
+from .data import seeds_per_group, side_by_side
 from .survival import min_seeds, power_text
 
 # How much two runs side by side slow each other, as measured (the capacity sweep's 72 runs of the time, once
@@ -19,7 +20,7 @@ SIDE_BY_SIDE_MEASURED = ("Measured on a 2-core AMD EPYC (family 25, model 17, AV
 def _capacity_caveats_html(cap: Capacity) -> str:
     """What a reader must know about the training runs: how many seeds, where they ran, what the times are."""
     runs = cap.runs
-    per_group = runs[runs["usable"]].groupby(["setting", "label", "depth"]).size()
+    per_group = seeds_per_group(runs)
     seeds = (f"{per_group.min()}" if per_group.min() == per_group.max() else f"{per_group.min()} to {per_group.max()}"
              ) if len(per_group) else "no"
     devices = ", ".join(sorted({str(d) for d in runs["device"].dropna()})) or "not recorded"
@@ -34,9 +35,9 @@ def _capacity_caveats_html(cap: Capacity) -> str:
         "within one report",
         "how the finished runs stopped: " + (", ".join(f"{n} {e(s)}" for s, n in stops.items()) or "not recorded"),
     ]
-    side = runs["side_by_side"].max() if "side_by_side" in runs and runs["side_by_side"].notna().any() else None
-    if side is not None and side > 1:
-        items.append(f"runs trained {int(side)} at a time (budget.workers), one per core: each run's times include "
+    side = side_by_side(runs)
+    if side > 1:
+        items.append(f"runs trained {side} at a time (budget.workers), one per core: each run's times include "
                      f"the others' load. {SIDE_BY_SIDE_MEASURED} Samples to solve do not depend on it")
     if resumed:
         items.append(f"{resumed} run(s) were resumed from a checkpoint after an interruption")
@@ -58,16 +59,10 @@ def _capacityclaims_html(cap: Capacity) -> str:
             f'<p><b>What it can tell apart here.</b> {e(_power(cap))}</p>' + claims_html(cap.claims))
 
 
-def _seeds_per_group(cap: Capacity) -> int:
-    """The usable seeds of the smallest group (model, depth, setting); 0 without runs."""
-    runs = cap.runs
-    per_group = runs[runs["usable"]].groupby(["setting", "label", "depth"]).size()
-    return int(per_group.min()) if len(per_group) else 0
-
-
 def _power(cap: Capacity) -> str:
-    n = _seeds_per_group(cap)
-    return power_text(n) if n else "No usable runs: the rule has nothing to decide."
+    """What the rule can tell apart with the seeds of the smallest group."""
+    per_group = seeds_per_group(cap.runs)
+    return power_text(int(per_group.min())) if len(per_group) else "No usable runs: the rule has nothing to decide."
 
 
 def _solve_tables_html(cap: Capacity) -> str:
